@@ -1,0 +1,329 @@
+"""The ``codat-frames`` command: demo, customers, sync, companies, portfolio, sandbox.
+
+Exit codes: 0 ok, 1 an API error (its message printed, no traceback), 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+
+from codat_frames import models
+
+EXIT_OK, EXIT_API, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """Bad arguments or configuration: exit code 2."""
+
+
+def _client(args: argparse.Namespace):
+    from codat_frames.commerce import CodatCommerce
+
+    if not os.environ.get("CODAT_API_KEY"):
+        raise UsageError(
+            "set CODAT_API_KEY to your Codat API key (or run `codat-frames demo`, "
+            "which needs no key)"
+        )
+    return CodatCommerce(server_url=args.server_url)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
+    return value
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{value} must be between 0 and 1")
+    return value
+
+
+def _summary(frames, out: str | None, seconds: float) -> str:
+    c, a = frames.customers, frames.addresses
+    lines = [
+        f"customers: {len(c):,}   addresses: {len(a):,}   "
+        f"time: {seconds:.2f} s   company {frames.meta.get('company_id')}",
+        f"connection {frames.meta.get('connection_id')}",
+    ]
+    if len(a):
+        top = a["country"].replace("", None).dropna().value_counts().head(5)
+        if len(top):
+            lines.append("top countries: " + ", ".join(f"{k} ({v:,})" for k, v in top.items()))
+    if len(c):
+        lines.append(
+            f"modified: {c['modified_date'].min():%Y-%m-%d} .. {c['modified_date'].max():%Y-%m-%d}"
+            if c["modified_date"].notna().any()
+            else "modified: no dates"
+        )
+    if out:
+        lines.append(
+            f"parquet: {os.path.join(out, 'customers')} and {os.path.join(out, 'addresses')}"
+        )
+    return "\n".join(lines)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from codat_frames import sandbox
+    from codat_frames.commerce import CodatCommerce
+    from codat_frames.paging import read_customers
+    from codat_frames.parquet import to_parquet
+
+    started = time.monotonic()
+    with sandbox.serve(seed=args.seed, customers=args.customers) as sb:
+        print(f"sandbox running at {sb.url} (a local stand-in for api.codat.io; no key needed)")
+        with CodatCommerce(api_key=sb.api_key, server_url=sb.url) as s:
+            company, conn = _first_commerce_connection(s)
+            print(f"company: {company.name}   connection: {conn.platform_name} ({conn.status})")
+            frames = read_customers(
+                s, company.id, conn.id, progress=None if args.progress is None else args.progress
+            )
+    to_parquet(frames, args.out)
+    print(_summary(frames, args.out, time.monotonic() - started))
+    print(
+        'try: python -c "import duckdb; print(duckdb.sql(\\"select count(*) from '
+        f"read_parquet('{args.out}/customers/**/*.parquet', hive_partitioning=true)\\\"))\""
+    )
+    return EXIT_OK
+
+
+def _first_commerce_connection(s) -> tuple[models.Company, models.Connection]:
+    for company in s.companies.iter_all():
+        for conn in s.connections.iter_all(company.id):
+            if conn.source_type == "Commerce" and conn.status == "Linked":
+                try:
+                    s.customers.list(
+                        request={
+                            "company_id": company.id,
+                            "connection_id": conn.id,
+                            "page_size": 1,
+                        }
+                    )
+                except models.ErrorMessage as e:
+                    if e.status_code in (404, 409):
+                        continue
+                    raise
+                return company, conn
+    raise UsageError("no linked commerce connection with data was found")
+
+
+def _cmd_customers(args: argparse.Namespace) -> int:
+    from codat_frames.paging import read_customers
+    from codat_frames.parquet import to_parquet
+
+    started = time.monotonic()
+    with _client(args) as s:
+        frames = read_customers(
+            s,
+            args.company_id,
+            args.connection_id,
+            query=args.query,
+            order_by=args.order_by,
+            page_size=args.page_size,
+            progress=args.progress,
+            local_tz=args.local_tz,
+        )
+    to_parquet(frames, args.out)
+    print(_summary(frames, args.out, time.monotonic() - started))
+    return EXIT_OK
+
+
+def _cmd_sync(args: argparse.Namespace) -> int:
+    from codat_frames.parquet import sync_customers
+
+    started = time.monotonic()
+    with _client(args) as s:
+        result = sync_customers(
+            s,
+            args.company_id,
+            args.connection_id,
+            args.out,
+            local_tz=args.local_tz,
+            progress=args.progress,
+            full=args.full,
+        )
+    print(
+        f"fetched {result.fetched:,}  inserted {result.inserted:,}  updated {result.updated:,}  "
+        f"total {result.total:,}  in {time.monotonic() - started:.2f} s -> {args.out}"
+    )
+    return EXIT_OK
+
+
+def _cmd_companies(args: argparse.Namespace) -> int:
+    rows: list[tuple[str, ...]] = [("company_id", "company", "connection_id", "platform", "type",
+                                    "status")]  # fmt: skip
+    with _client(args) as s:
+        for company in s.companies.iter_all(query=args.query):
+            conns = list(s.connections.iter_all(company.id))
+            if not conns:
+                rows.append((company.id, company.name or "", "", "", "", ""))
+            for c in conns:
+                rows.append(
+                    (
+                        company.id,
+                        company.name or "",
+                        c.id,
+                        c.platform_name or "",
+                        c.source_type or "",
+                        c.status or "",
+                    )
+                )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+    return EXIT_OK
+
+
+def _cmd_portfolio(args: argparse.Namespace) -> int:
+    from codat_frames.portfolio import read_portfolio
+
+    executor = None
+    if args.scheduler:
+        try:
+            from dask.distributed import Client
+        except ImportError:
+            raise UsageError("--scheduler needs Dask: pip install 'codat-frames[dask]'") from None
+        executor = Client(args.scheduler).get_executor()
+    with _client(args) as s:
+        summary = read_portfolio(
+            s,
+            source_type=args.source_type,
+            path=args.out,
+            executor=executor,
+            workers=args.workers,
+            progress=args.progress,
+        )
+    print(summary.to_string(index=False))
+    return EXIT_OK
+
+
+def _cmd_sandbox(args: argparse.Namespace) -> int:
+    from codat_frames import sandbox
+
+    sandbox.run(
+        host=args.host,
+        port=args.port,
+        seed=args.seed,
+        customers=args.customers,
+        latency_ms=args.latency_ms,
+        fault_rate=args.fault_rate,
+    )
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and docs)."""
+    from codat_frames._version import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="codat-frames",
+        description="Codat commerce customers into typed DataFrames and parquet.",
+    )
+    parser.add_argument("--version", action="version", version=f"codat-frames {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def progress_flags(p: argparse.ArgumentParser) -> None:
+        g = p.add_mutually_exclusive_group()
+        g.add_argument("--progress", dest="progress", action="store_const", const=True,
+                       default=None, help="always show a progress bar")  # fmt: skip
+        g.add_argument("--no-progress", dest="progress", action="store_const", const=False,
+                       help="never show a progress bar")  # fmt: skip
+
+    def server(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--server-url", default="https://api.codat.io",
+                       help="API base URL (default https://api.codat.io)")  # fmt: skip
+
+    p = sub.add_parser("demo", help="read a sandbox connection into parquet (no key needed)")
+    p.add_argument("--out", default="out", help="folder for the parquet datasets (default out)")
+    p.add_argument("--seed", type=_non_negative_int, default=1, help="sandbox data seed")
+    p.add_argument("--customers", type=_positive_int, default=None,
+                   help="customers per sandbox commerce connection")  # fmt: skip
+    progress_flags(p)
+    p.set_defaults(func=_cmd_demo)
+
+    for name, func, helptext in (
+        ("customers", _cmd_customers, "read every customer of a connection into parquet"),
+        ("sync", _cmd_sync, "incrementally update a parquet folder by modifiedDate"),
+    ):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--company-id", required=True)
+        p.add_argument("--connection-id", required=True)
+        p.add_argument("--out", required=True, help="folder for the parquet datasets")
+        p.add_argument(
+            "--local-tz", default="UTC", help="zone of dates sent without one (default UTC)"
+        )
+        server(p)
+        progress_flags(p)
+        if name == "customers":
+            p.add_argument("--query", default=None, help="Codat query, e.g. 'country=GB'")
+            p.add_argument("--order-by", default=None, help="e.g. -modifiedDate")
+            p.add_argument("--page-size", type=_positive_int, default=None)
+        else:
+            p.add_argument("--full", action="store_true", help="re-read everything")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("companies", help="list companies and their connections")
+    p.add_argument("--query", default=None)
+    server(p)
+    p.set_defaults(func=_cmd_companies)
+
+    p = sub.add_parser("portfolio", help="every connection of every company into one dataset")
+    p.add_argument("--out", required=True)
+    p.add_argument("--source-type", default="Commerce")
+    p.add_argument("--workers", type=_positive_int, default=None)
+    p.add_argument("--scheduler", default=None, help="Dask scheduler address")
+    server(p)
+    progress_flags(p)
+    p.set_defaults(func=_cmd_portfolio)
+
+    p = sub.add_parser("sandbox", help="serve the local Codat-like sandbox API until Ctrl-C")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=_non_negative_int, default=8000)
+    p.add_argument("--seed", type=_non_negative_int, default=1)
+    p.add_argument("--customers", type=_positive_int, default=None)
+    p.add_argument("--latency-ms", type=_non_negative_int, default=0)
+    p.add_argument("--fault-rate", type=_rate, default=0.0)
+    p.set_defaults(func=_cmd_sandbox)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; return its exit code (the console script exits with it)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (UsageError, ValueError) as e:
+        print(f"codat-frames {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except models.CodatError as e:
+        print(f"codat-frames {args.command}: API error: {e}", file=sys.stderr)
+        return EXIT_API
+    except OSError as e:
+        print(f"codat-frames {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_API
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
