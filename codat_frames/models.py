@@ -224,11 +224,13 @@ class _Request:
 class GetCustomerRequest(_Request):
     company_id: str
     connection_id: str
-    customer_id: str
+    customer_id: str | int
 
     def validate(self) -> None:
         _check_uuid("company_id", self.company_id)
         _check_uuid("connection_id", self.connection_id)
+        if isinstance(self.customer_id, int) and not isinstance(self.customer_id, bool):
+            self.customer_id = str(self.customer_id)  # ids the API sends as JSON numbers
         _check_str("customer_id", self.customer_id, required=True)
 
 
