@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import math
 import random
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -106,14 +107,16 @@ COMPANY_NAMES = [
 ]
 
 # The default layout: per company, (platform, status, synced) for each connection.
-# Company index 2's Mollie connection is Linked but "not yet synced" (409).
+# Company 2's Stripe connection is Linked but "not yet synced" (409).
 DEFAULT_LAYOUT: list[list[tuple[str, str, bool]]] = [
-    [("Shopify", "Linked", True), ("Xero", "Linked", True)],
+    [("Shopify", "Linked", True)],
     [("Square", "Linked", True), ("Stripe", "Linked", True)],
-    [("Mollie", "Linked", False), ("QuickBooks Online", "PendingAuth", False)],
-    [("Clover", "Linked", True), ("WooCommerce", "Deauthorized", False)],
-    [("BigCommerce", "Linked", True), ("Zettle", "Linked", True), ("Plaid", "Linked", True)],
-    [("PrestaShop", "Linked", True), ("Sage Business Cloud Accounting", "PendingAuth", False)],
+    [("Mollie", "Linked", True), ("Stripe", "Linked", False), ("Square", "PendingAuth", False)],
+    [("Clover", "Linked", True), ("WooCommerce", "Linked", True),
+     ("Shopify", "Deauthorized", False)],
+    [("BigCommerce", "Linked", True), ("Zettle", "Linked", True), ("Xero", "Linked", True)],
+    [("PrestaShop", "Linked", True), ("QuickBooks Online", "PendingAuth", False),
+     ("Plaid", "Linked", True)],
 ]
 
 FIRST = [
@@ -174,14 +177,19 @@ def _dec(s: str, alphabet: str) -> int | None:
 
 
 class _Perm:
-    """Bijection on [0, m): i -> (i * A + b) mod m."""
+    """Bijection on [0, m): i -> (i * a + b) mod m, with a coprime to m (well mixed)."""
 
     def __init__(self, m: int, b: int) -> None:
-        self.m, self.b = m, b % m
-        self.inv = pow(_A, -1, m)
+        self.m = m
+        self.b = int(hashlib.sha512(str(b).encode()).hexdigest(), 16) % m
+        a = int.from_bytes(hashlib.sha256(f"{_A}:{m}".encode()).digest(), "big") % m
+        while math.gcd(a, m) != 1:
+            a += 1
+        self.a = a
+        self.inv = pow(a, -1, m)
 
     def fwd(self, i: int) -> int:
-        return (i * _A + self.b) % self.m
+        return (i * self.a + self.b) % self.m
 
     def back(self, k: int) -> int:
         return ((k - self.b) * self.inv) % self.m
@@ -198,7 +206,7 @@ class IdCodec:
         }.get(fmt)
         self.perm = _Perm(m, salt) if m else None
         self.salt = salt
-        self.pad = _enc(salt % 36**13, _B36, 13)
+        self.pad = _enc((salt >> 7) % 36**13, _B36, 13)
 
     def encode(self, i: int) -> str:
         f = self.fmt
@@ -553,8 +561,8 @@ def build_companies(
             }
             conn = Connection(cid, kid, platform, status, synced, cj)
             if stype == "Commerce":
-                if isinstance(customers, dict):
-                    n = customers.get(kid)
+                if isinstance(customers, Mapping):
+                    n = customers.get(kid, customers.get(platform))
                 else:
                     n = customers
                 if n is None:

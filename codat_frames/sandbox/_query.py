@@ -9,7 +9,8 @@ Grammar (whitespace is free around every token)::
     property:= name ( "." name )*         # names: letters, digits, "_" (matched ignoring case)
     op      := "!=" | ">=" | "<=" | "=" | "~" | ">" | "<"
     value   := '"' ... '"' | "'" ... "'"  # quoted: backslash escapes the next character
-             | text up to "&&", "||", "}" or the end, trimmed (may contain spaces)
+             | text up to "&&", "||", "{", "}" or the end, trimmed (may contain spaces;
+                 must not be empty, start with "!" or contain = < > ~: quote such values)
 
 Semantics (documented choices where Codat's docs are silent):
 
@@ -276,7 +277,9 @@ class _Parser:
                 break
             self.i += 1
         raw = self.s[start : self.i].strip()
-        if not raw:
+        if not raw or raw[0] == "!" or any(c in raw for c in "=<>~"):
+            # empty, a doubled operator ("id==1") or a missing && / || ("a=1 b=2"): quote
+            # values that really contain these characters
             raise QueryError(MALFORMED)
         return raw
 
