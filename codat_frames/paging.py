@@ -122,7 +122,7 @@ def _default_progress() -> bool:
 
 
 def _with_page(err: models.CodatError, page: int, n_pages: int) -> models.CodatError:
-    err.add_context(f"page {page} of {n_pages}")
+    err.add_context(f"page {page} of {n_pages}" if n_pages else f"page {page}")
     return err
 
 
