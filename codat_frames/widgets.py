@@ -16,7 +16,6 @@ from __future__ import annotations
 import atexit
 import html
 import os
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -115,8 +114,7 @@ def describe_error(exc: BaseException) -> str:
 
 
 def _context(exc: models.CodatError) -> str:
-    ctx = re.sub(r"\bpage 1 of 0\b", "page 1", exc.context or "")
-    return f" ({ctx})" if ctx else ""
+    return f" ({exc.context})" if exc.context else ""
 
 
 def _short(text: str, n: int) -> str:
