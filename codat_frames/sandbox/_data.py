@@ -13,6 +13,7 @@ import math
 import random
 import re
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -322,6 +323,10 @@ class Company:
     connections: list[Connection] = field(default_factory=list)
 
 
+#: Generated records kept per connection (about 1 KB each).
+RECORD_CACHE_SIZE = 50_000
+
+
 class CustomerStore:
     """Customers of one connection: generated base [0, n) + a small overlay of changes.
 
@@ -347,6 +352,9 @@ class CustomerStore:
         self.mods: dict[int, dict[str, Any]] = {}
         self.next_extra = n
         self.version = 0
+        # Generated records are pure functions of the index: keep the recent ones, bounded, so
+        # re-reads (benchmarks, repair passes) cost what a database read would, not a rebuild.
+        self._cache: OrderedDict[int, dict[str, Any]] = OrderedDict()
 
     # -- generation ---------------------------------------------------------------------
     def last_sync(self) -> datetime:
@@ -427,7 +435,14 @@ class CustomerStore:
         return len(self.front) + self.n - len(self.deleted) + len(self.end)
 
     def record(self, i: int) -> dict[str, Any]:
-        rec = self.generate(i)
+        cached = self._cache.get(i)
+        if cached is None:
+            cached = self._cache[i] = self.generate(i)
+            if len(self._cache) > RECORD_CACHE_SIZE:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(i)
+        rec = dict(cached)  # shallow copy: overlays below replace keys, never mutate values
         mod = self.mods.get(i)
         if mod:
             rec.update(mod)
