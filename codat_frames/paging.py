@@ -21,7 +21,7 @@ import warnings
 import zoneinfo
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -64,7 +64,8 @@ class _Pass:
         """Why this pass may not be a snapshot (empty when it is clean)."""
         out = []
         if self.totals_seen != {self.total}:
-            out.append(f"totalResults moved ({', '.join(map(str, sorted(self.totals_seen)))})")
+            seen = sorted(self.totals_seen, key=lambda t: -1 if t is None else t)  # None: hostile
+            out.append(f"totalResults moved ({', '.join(map(str, seen))})")
         rows = self.rows()
         if rows != self.total:
             out.append(f"{rows} rows read for totalResults {self.total}")
@@ -210,16 +211,8 @@ def read_customers(
 
 
 def _fetch(s: Any, base: models.ListCustomersRequest, page: int, n_pages: int):
-    req = models.ListCustomersRequest(
-        company_id=base.company_id,
-        connection_id=base.connection_id,
-        order_by=base.order_by,
-        page=page,
-        page_size=base.page_size,
-        query=base.query,
-    )
     try:
-        raw = s.customers.list_raw(req).content
+        raw = s.customers.list_raw(replace(base, page=page)).content
     except models.CodatError as e:
         raise _with_page(e, page, n_pages) from None
     try:
@@ -234,7 +227,14 @@ def _fetch(s: Any, base: models.ListCustomersRequest, page: int, n_pages: int):
 
 def _read_pass(s: Any, base: models.ListCustomersRequest, pool: ThreadPoolExecutor, bar) -> _Pass:
     first = _fetch(s, base, 1, 0)
-    size = first.page_size or base.page_size
+    if first.total_results is None or first.total_results < 0:
+        raise models.SDKError(
+            f"page 1 is not a customers page: totalResults is {first.total_results!r}, "
+            "not a count",
+            200,
+            "",
+        )
+    size = first.page_size if first.page_size and first.page_size > 0 else base.page_size
     p = _Pass(total=first.total_results, page_size=size)
     p.pages[1] = first.table
     p.totals_seen.add(first.total_results)
@@ -242,7 +242,7 @@ def _read_pass(s: Any, base: models.ListCustomersRequest, pool: ThreadPoolExecut
     bar.advance(first.table.num_rows)
     if size != base.page_size:
         # The server clamped the page size: ask for what it serves so offsets line up.
-        base = models.ListCustomersRequest(**{**base.__dict__, "page_size": size})
+        base = replace(base, page_size=size)
     futures = {pool.submit(_fetch, s, base, n, p.n_pages): n for n in range(2, p.n_pages + 1)}
     try:
         for fut in as_completed(futures):
