@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from codat_frames import models
 
 EXIT_OK, EXIT_API, EXIT_USAGE = 0, 1, 2
+#: Customers per commerce connection in the demo's sandbox: enough to see paging at work.
+DEMO_CUSTOMERS = 20_000
 
 
 class UsageError(Exception):
@@ -63,25 +65,16 @@ def _rate(text: str) -> float:
 
 def _summary(frames, out: str | None, seconds: float) -> str:
     c, a = frames.customers, frames.addresses
-    lines = [
-        f"customers: {len(c):,}   addresses: {len(a):,}   "
-        f"time: {seconds:.2f} s   company {frames.meta.get('company_id')}",
-        f"connection {frames.meta.get('connection_id')}",
-    ]
-    if len(a):
-        top = a["country"].replace("", None).dropna().value_counts().head(5)
-        if len(top):
-            lines.append("top countries: " + ", ".join(f"{k} ({v:,})" for k, v in top.items()))
-    if len(c):
-        lines.append(
-            f"modified: {c['modified_date'].min():%Y-%m-%d} .. {c['modified_date'].max():%Y-%m-%d}"
-            if c["modified_date"].notna().any()
-            else "modified: no dates"
-        )
+    lines = [f"customers: {len(c):,}   addresses: {len(a):,}   time: {seconds:.2f} s"]
+    countries = a["country"].replace("", None).dropna().value_counts().head(5)
+    if len(countries):
+        lines.append("top countries: " + ", ".join(f"{k} ({v:,})" for k, v in countries.items()))
+    modified = c["modified_date"].dropna()
+    if len(modified):
+        lines.append(f"modified: {modified.min():%Y-%m-%d} .. {modified.max():%Y-%m-%d}")
     if out:
-        lines.append(
-            f"parquet: {os.path.join(out, 'customers')} and {os.path.join(out, 'addresses')}"
-        )
+        customers, addresses = os.path.join(out, "customers"), os.path.join(out, "addresses")
+        lines.append(f"parquet: {customers}/ and {addresses}/")
     return "\n".join(lines)
 
 
@@ -97,14 +90,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         with CodatCommerce(api_key=sb.api_key, server_url=sb.url) as s:
             company, conn = _first_commerce_connection(s)
             print(f"company: {company.name}   connection: {conn.platform_name} ({conn.status})")
-            frames = read_customers(
-                s, company.id, conn.id, progress=None if args.progress is None else args.progress
-            )
+            frames = read_customers(s, company.id, conn.id, progress=args.progress)
     to_parquet(frames, args.out)
     print(_summary(frames, args.out, time.monotonic() - started))
     print(
-        'try: python -c "import duckdb; print(duckdb.sql(\\"select count(*) from '
-        f"read_parquet('{args.out}/customers/**/*.parquet', hive_partitioning=true)\\\"))\""
+        f"read it back: codat_frames.read_parquet({args.out!r}); or in DuckDB: select count(*) "
+        f"from read_parquet('{args.out}/customers/**/*.parquet', hive_partitioning=true)"
     )
     return EXIT_OK
 
@@ -258,8 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="read a sandbox connection into parquet (no key needed)")
     p.add_argument("--out", default="out", help="folder for the parquet datasets (default out)")
     p.add_argument("--seed", type=_non_negative_int, default=1, help="sandbox data seed")
-    p.add_argument("--customers", type=_positive_int, default=None,
-                   help="customers per sandbox commerce connection")  # fmt: skip
+    p.add_argument("--customers", type=_positive_int, default=DEMO_CUSTOMERS,
+                   help=f"customers per connection (default {DEMO_CUSTOMERS:,})")  # fmt: skip
     progress_flags(p)
     p.set_defaults(func=_cmd_demo)
 

@@ -82,19 +82,23 @@ class _Progress:
 
     def __init__(self, progress: bool | ProgressCallback | None, desc: str):
         self.callback = progress if callable(progress) else None
-        show = _default_progress() if progress is None else progress is True
+        self.show = _default_progress() if progress is None else progress is True
+        self.desc = desc
         self.bar = None
-        if show:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=None, desc=desc, unit="page", leave=True)
         self.done = 0
         self.total = 0
         self.records = 0
 
     def set_total(self, total: int) -> None:
+        """Pages expected so far (a repair pass adds its pages)."""
         self.total = total
-        if self.bar is not None:
+        if not self.show:
+            return
+        if self.bar is None:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=self.desc, unit="page", leave=True)
+        else:
             self.bar.total = total
             self.bar.refresh()
 
@@ -102,8 +106,8 @@ class _Progress:
         self.done += 1
         self.records += records
         if self.bar is not None:
+            self.bar.set_postfix_str(f"{self.records:,} customers", refresh=False)
             self.bar.update(1)
-            self.bar.set_postfix(records=self.records, refresh=False)
         if self.callback is not None:
             self.callback(self.done, self.total, self.records)
 
@@ -167,7 +171,7 @@ def read_customers(
 
     fetched_at = datetime.now(UTC).isoformat().replace("+00:00", "Z")
     started = time.monotonic()
-    bar = _Progress(progress, desc=f"customers {connection_id[:8]}")
+    bar = _Progress(progress, desc="customers")
     passes: list[_Pass] = []
     pool = ThreadPoolExecutor(max_workers=s.max_concurrency, thread_name_prefix="codat-page")
     ok = False
