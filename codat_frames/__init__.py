@@ -12,6 +12,7 @@ from codat_frames.frames import CustomerFrames, DataQualityWarning, normalize_cu
 from codat_frames.models import CodatError
 from codat_frames.paging import DataChangedWarning, read_customers
 from codat_frames.parquet import SyncResult, read_parquet, sync_customers, to_parquet
+from codat_frames.portfolio import PortfolioResult, read_portfolio
 
 __all__ = [
     "BackoffStrategy",
@@ -21,6 +22,7 @@ __all__ = [
     "CustomersSDK",
     "DataChangedWarning",
     "DataQualityWarning",
+    "PortfolioResult",
     "RetryConfig",
     "SyncResult",
     "__version__",
@@ -28,6 +30,7 @@ __all__ = [
     "normalize_customers",
     "read_customers",
     "read_parquet",
+    "read_portfolio",
     "sandbox",
     "sync_customers",
     "to_parquet",

@@ -148,10 +148,13 @@ def raise_for_response(response: httpx.Response, documented: frozenset[int]) -> 
     if code in documented and "json" in ctype:
         try:
             data = models.parse_json_object(response)
-        except models.SDKError:
-            data = None
-        if data is not None:
-            raise models.ErrorMessage(models.ErrorMessageData.from_json(data), response)
+            err = models.ErrorMessage(models.ErrorMessageData.from_json(data), response)
+        except (models.SDKError, TypeError, ValueError, AttributeError, RecursionError):
+            # Not the documented error shape (e.g. deeply nested, or validation.errors not a
+            # list): report it as an SDKError with the body rather than let it escape.
+            err = None
+        if err is not None:
+            raise err
     raise models.SDKError("API error occurred", code, response.text, response)
 
 

@@ -10,6 +10,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from codat_frames import models
 
@@ -188,26 +189,39 @@ def _cmd_companies(args: argparse.Namespace) -> int:
 
 
 def _cmd_portfolio(args: argparse.Namespace) -> int:
+    from contextlib import nullcontext
+
     from codat_frames.portfolio import read_portfolio
 
-    executor = None
+    dask_client: Any = nullcontext()
     if args.scheduler:
         try:
             from dask.distributed import Client
         except ImportError:
             raise UsageError("--scheduler needs Dask: pip install 'codat-frames[dask]'") from None
-        executor = Client(args.scheduler).get_executor()
-    with _client(args) as s:
+        dask_client = Client(args.scheduler)
+    with dask_client as dc, _client(args) as s:
         summary = read_portfolio(
             s,
             source_type=args.source_type,
             path=args.out,
-            executor=executor,
+            executor=dc.get_executor() if dc is not None else None,
             workers=args.workers,
+            max_age=args.max_age,
             progress=args.progress,
         )
-    print(summary.to_string(index=False))
-    return EXIT_OK
+    shown = summary.drop(columns=["company_id"])
+    if len(shown) > 60:
+        shown = shown[shown["status"].isin(["failed", "skipped"])]
+    if len(shown):
+        print(shown.to_string(index=False))
+    counts = summary["status"].value_counts()
+    print(
+        f"connections: {len(summary):,}  "
+        + "  ".join(f"{k} {v:,}" for k, v in counts.items())
+        + f"  rows {int(summary['rows'].fillna(0).sum()):,} -> {args.out}"
+    )
+    return EXIT_API if counts.get("failed", 0) else EXIT_OK
 
 
 def _cmd_sandbox(args: argparse.Namespace) -> int:
@@ -285,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source-type", default="Commerce")
     p.add_argument("--workers", type=_positive_int, default=None)
     p.add_argument("--scheduler", default=None, help="Dask scheduler address")
+    p.add_argument("--max-age", default=None,
+                   help="skip connections written less than this ago, e.g. 6h")  # fmt: skip
     server(p)
     progress_flags(p)
     p.set_defaults(func=_cmd_portfolio)

@@ -407,6 +407,13 @@ def _parse_page_arrow(raw: bytes | bytearray | memoryview) -> ParsedPage:
     body = bytes(raw[:64]).lstrip() if len(raw) else b""
     if not body.startswith(b"{"):
         raise _FastPathRefused
+    if not raw.isascii():
+        # Arrow's JSON reader does not validate UTF-8 inside strings: invalid bytes would
+        # surface later as a UnicodeDecodeError. Such bodies take the Python path.
+        try:
+            bytes(raw).decode("utf-8")
+        except UnicodeDecodeError:
+            raise _FastPathRefused from None
     # JSON strings cannot hold raw newlines: any newline is layout, which needs the slower
     # newline-aware chunker. Compact bodies (the API's) use the fast one.
     nl = raw.find(b"\n")
@@ -440,15 +447,18 @@ def _parse_page_arrow(raw: bytes | bytearray | memoryview) -> ParsedPage:
 
 
 def _parse_page_python(raw: bytes | bytearray | memoryview) -> ParsedPage:
+    data: bytes | str = bytes(raw)
     try:
-        doc = json.loads(
-            bytes(raw),
-            parse_int=_JsonNumber,
-            parse_float=_JsonNumber,
-            parse_constant=_JsonNumber,
-        )
+        try:
+            doc = _loads(data)
+        except UnicodeDecodeError:
+            # Invalid UTF-8 inside a string: keep the page, replace the bad bytes with U+FFFD.
+            doc = _loads(bytes(raw).decode("utf-8", "replace"))
+            _warn("page body is not valid UTF-8; invalid bytes were replaced with U+FFFD")
     except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
         raise PageFormatError(f"page body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise PageFormatError("page body is nested too deeply to be a customers page") from None
     if not isinstance(doc, dict):
         raise PageFormatError(f"page body is a JSON {type(doc).__name__}, not an object")
     results = doc.get("results")
@@ -460,6 +470,12 @@ def _parse_page_python(raw: bytes | bytearray | memoryview) -> ParsedPage:
         _page_int(doc.get("pageSize")),
         _page_int(doc.get("totalResults")),
         table,
+    )
+
+
+def _loads(data: bytes | str) -> Any:
+    return json.loads(
+        data, parse_int=_JsonNumber, parse_float=_JsonNumber, parse_constant=_JsonNumber
     )
 
 
@@ -625,10 +641,21 @@ def records_to_table(records: Iterable[Any]) -> pa.Table:
     """
     if isinstance(records, Mapping):
         records = records["results"] if "results" in records else [records]
+        if records is None:
+            records = []
+        elif not isinstance(records, list | tuple):
+            raise PageFormatError(
+                f"records: 'results' must be a list, got {type(records).__name__}"
+            )
     elif not isinstance(records, list | tuple) and hasattr(records, "results"):
         records = records.results or []
     elif _is_record(records) and not isinstance(records, Iterable):
         records = [records]
+    if isinstance(records, str | bytes | bytearray) or not isinstance(records, Iterable):
+        raise ValueError(
+            "records must be an iterable of customer dicts or models.Customer objects, "
+            f"got {type(records).__name__}"
+        )
     return _records_to_table(records)
 
 

@@ -586,6 +586,23 @@ def _ensure_root(root: Path) -> None:
         _mkdirs(root / d, root)
 
 
+def _precheck_layout(root: Path, cols: tuple[str, ...]) -> None:
+    """Refuse a foreign folder before creating anything in it (checked again under the lock).
+
+    Without the lock another writer may be creating the dataset right now: a folder whose
+    control folder appeared meanwhile is left to the check under the lock.
+    """
+    if not root.is_dir():
+        return
+    manifest = _load_manifest(root) if (root / CONTROL_DIR).is_dir() else None
+    try:
+        _check_layout(root, manifest, cols)
+    except ValueError:
+        if manifest is None and (root / CONTROL_DIR).is_dir():
+            return
+        raise
+
+
 def to_parquet(
     frames: Any,
     path: str | os.PathLike,
@@ -605,10 +622,7 @@ def to_parquet(
     root = _check_path(path)
     cols = _check_partition_by(partition_by)
     prepared = _prepare(frames, cols)
-    if (root / CONTROL_DIR).is_dir():
-        _check_layout(root, _load_manifest(root), cols)
-    elif root.is_dir():
-        _check_layout(root, None, cols)
+    _precheck_layout(root, cols)
     _ensure_root(root)
     with _locked(root):
         manifest = _load_manifest(root)
@@ -885,8 +899,7 @@ def merge_frames(
     manifest = _load_manifest(root) if root.is_dir() else None
     cols = tuple(manifest["partition_by"]) if manifest else PARTITION_COLUMNS
     _prepare(frames_new, cols)  # validates types before anything is written
-    if manifest is None and root.is_dir():
-        _check_layout(root, None, cols)
+    _precheck_layout(root, cols)
     _ensure_root(root)
     with _locked(root):
         manifest = _load_manifest(root)

@@ -7,13 +7,9 @@ import base64
 import json
 import re
 
+import nbclient
+import nbformat
 import pytest
-
-nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
-pytest.importorskip("ipykernel")
-pytest.importorskip("matplotlib")
-
 from browser_helpers import NOTEBOOKS, jupyter_env  # noqa: E402
 
 from codat_frames.sandbox import Sandbox  # noqa: E402

@@ -6,8 +6,6 @@ import socket
 
 import pytest
 
-pytest.importorskip("ipywidgets")
-
 import codat_frames as cf  # noqa: E402
 from codat_frames import widgets  # noqa: E402
 from codat_frames.sandbox import serve  # noqa: E402
