@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 
@@ -461,35 +461,29 @@ class _Page:
             "links": Links.from_json(d.get("_links")),
         }
 
+    @classmethod
+    def from_json(cls, d: dict[str, Any]):
+        """A page of ``cls._item`` records; non-object entries in ``results`` are dropped."""
+        items = [cls._item.from_json(r) for r in d.get("results") or [] if isinstance(r, dict)]
+        return cls(results=items, **cls._paging(d))
+
 
 @dataclass
 class Customers(_Page):
     results: list[Customer] = field(default_factory=list)
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> Customers:
-        rs = [Customer.from_json(r) for r in d.get("results") or [] if isinstance(r, dict)]
-        return cls(results=rs, **cls._paging(d))
+    _item: ClassVar[type] = Customer
 
 
 @dataclass
 class Companies(_Page):
     results: list[Company] = field(default_factory=list)
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> Companies:
-        rs = [Company.from_json(r) for r in d.get("results") or [] if isinstance(r, dict)]
-        return cls(results=rs, **cls._paging(d))
+    _item: ClassVar[type] = Company
 
 
 @dataclass
 class Connections(_Page):
     results: list[Connection] = field(default_factory=list)
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> Connections:
-        rs = [Connection.from_json(r) for r in d.get("results") or [] if isinstance(r, dict)]
-        return cls(results=rs, **cls._paging(d))
+    _item: ClassVar[type] = Connection
 
 
 def parse_json_object(response: httpx.Response) -> dict[str, Any]:
