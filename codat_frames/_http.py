@@ -7,13 +7,14 @@ The API key lives only in a ``_Secret`` whose repr is masked; nothing here logs 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import logging
 import random
 import re
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -169,6 +170,7 @@ class Transport:
         timeout_ms: int | None,
         retry_config: RetryConfig,
         max_concurrency: int,
+        max_requests: int | None = None,
         sleep: Callable[[float], None] | None = None,
         async_sleep: Callable[[float], Awaitable[None]] | None = None,
         clock: Callable[[], float] | None = None,
@@ -180,6 +182,7 @@ class Transport:
         self.timeout = httpx.Timeout(timeout_ms / 1000 if timeout_ms else None)
         self.retry_config = retry_config
         self.max_concurrency = max_concurrency
+        self.max_requests = max_requests
         self._sleep = sleep or time.sleep
         self._async_sleep = async_sleep or asyncio.sleep
         self._clock = clock or time.monotonic
@@ -190,8 +193,10 @@ class Transport:
         self._lock = threading.Lock()
         self._company_sems: dict[str, threading.BoundedSemaphore] = {}
         self._async_sems: dict[tuple[int, str], asyncio.Semaphore] = {}
-        self._pause_until: dict[str, float] = {}
-        self.stats = {"requests": 0, "retries": 0}
+        self._all_sem = threading.BoundedSemaphore(max_requests) if max_requests else None
+        self._pause_until = 0.0
+        self._in_flight = 0
+        self.stats = {"requests": 0, "retries": 0, "throttled": 0, "max_in_flight": 0}
 
     # ---------------------------------------------------------------- clients
 
@@ -286,22 +291,52 @@ class Transport:
             return sem
 
     def _asem(self, company: str) -> asyncio.Semaphore:
+        """Per (event loop, company); company "*" is the overall ``max_requests`` cap."""
         key = (id(asyncio.get_running_loop()), company)
         with self._lock:
             sem = self._async_sems.get(key)
             if sem is None:
-                sem = self._async_sems[key] = asyncio.Semaphore(self.max_concurrency)
+                size = self.max_requests if company == "*" else self.max_concurrency
+                sem = self._async_sems[key] = asyncio.Semaphore(size)
             return sem
 
-    def _pause_left(self, company: str) -> float:
-        until = self._pause_until.get(company)
-        return 0.0 if until is None else max(0.0, until - self._clock())
+    @contextlib.contextmanager
+    def _slot(self, company: str) -> Iterator[None]:
+        """A place among the overall and the company's requests in flight."""
+        with self._all_sem or contextlib.nullcontext(), self._sem(company):
+            with self._counted():
+                yield
 
-    def _note_retry_after(self, company: str, seconds: float) -> None:
+    @contextlib.asynccontextmanager
+    async def _aslot(self, company: str) -> AsyncIterator[None]:
+        async with self._asem("*") if self.max_requests else contextlib.nullcontext():
+            async with self._asem(company):
+                with self._counted():
+                    yield
+
+    @contextlib.contextmanager
+    def _counted(self) -> Iterator[None]:
         with self._lock:
-            until = self._clock() + seconds
-            if until > self._pause_until.get(company, 0.0):
-                self._pause_until[company] = until
+            self._in_flight += 1
+            self.stats["requests"] += 1
+            self.stats["max_in_flight"] = max(self.stats["max_in_flight"], self._in_flight)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+    def _count(self, name: str) -> None:
+        with self._lock:
+            self.stats[name] += 1
+
+    def _pause_left(self) -> float:
+        """Seconds every request still waits after a 429's Retry-After (all companies)."""
+        return max(0.0, self._pause_until - self._clock())
+
+    def _note_retry_after(self, seconds: float) -> None:
+        with self._lock:
+            self._pause_until = max(self._pause_until, self._clock() + seconds)
 
     # ---------------------------------------------------------------- retries
 
@@ -317,7 +352,6 @@ class Transport:
         attempt: int,
         started: float,
         response: httpx.Response | None,
-        company: str,
     ) -> float | None:
         """Seconds to wait before the next attempt, or None when retries are exhausted."""
         if rc.strategy == "none" or rc.backoff is None:
@@ -332,17 +366,20 @@ class Transport:
             ra = retry_after_seconds(response)
             if ra is not None:
                 wait = ra
-                self._note_retry_after(company, min(ra, b.max_interval / 1000))
+            if response.status_code == 429:
+                self._count("throttled")
+                # Codat's limits are per company and per IP: hold every request, not just this.
+                self._note_retry_after(min(wait, b.max_interval / 1000))
         wait = min(wait, b.max_interval / 1000)
         if elapsed_ms + wait * 1000 > b.max_elapsed_time:
             return None
         return wait
 
-    def _outcome_error(self, rc, attempt, started, company, exc, url_path) -> float:
+    def _outcome_error(self, rc, attempt, started, exc, url_path) -> float:
         """Wait before retrying after a connection error, or raise it as an SDKError."""
         log.debug("GET %s failed: %s", url_path, type(exc).__name__)
         if rc.strategy == "backoff" and rc.retry_connection_errors:
-            wait = self._next_wait(rc, attempt, started, None, company)
+            wait = self._next_wait(rc, attempt, started, None)
             if wait is not None:
                 return wait
         kind = "timed out" if isinstance(exc, httpx.TimeoutException) else "failed"
@@ -350,11 +387,11 @@ class Transport:
             f"request to {url_path} {kind}: {type(exc).__name__}: {exc}", -1, "", None
         ) from None
 
-    def _outcome_response(self, rc, attempt, started, company, response, documented):
+    def _outcome_response(self, rc, attempt, started, response, documented):
         """None when ``response`` is final (returned or raised), else seconds to wait."""
         log.debug("GET %s -> %s", response.url.path, response.status_code)
         if _retryable_status(response.status_code):
-            wait = self._next_wait(rc, attempt, started, response, company)
+            wait = self._next_wait(rc, attempt, started, response)
             if wait is not None:
                 return wait
         raise_for_response(response, documented)
@@ -372,21 +409,20 @@ class Transport:
         rc, company, started = self._plan(retries), self._company(url_path), self._clock()
         attempt = 0
         while True:
-            if pause := self._pause_left(company):
+            if pause := self._pause_left():
                 self._sleep(pause)
             try:
-                with self._sem(company):
-                    self.stats["requests"] += 1
+                with self._slot(company):
                     response = self.client.get(url_path, params=params)
                     response.read()
             except httpx.TransportError as exc:
-                wait = self._outcome_error(rc, attempt, started, company, exc, url_path)
+                wait = self._outcome_error(rc, attempt, started, exc, url_path)
             else:
-                wait = self._outcome_response(rc, attempt, started, company, response, documented)
+                wait = self._outcome_response(rc, attempt, started, response, documented)
                 if wait is None:
                     return response
             attempt += 1
-            self.stats["retries"] += 1
+            self._count("retries")
             self._sleep(wait)
 
     async def arequest(
@@ -401,19 +437,18 @@ class Transport:
         rc, company, started = self._plan(retries), self._company(url_path), self._clock()
         attempt = 0
         while True:
-            if pause := self._pause_left(company):
+            if pause := self._pause_left():
                 await self._async_sleep(pause)
             try:
-                async with self._asem(company):
-                    self.stats["requests"] += 1
+                async with self._aslot(company):
                     response = await self.aclient().get(url_path, params=params)
                     await response.aread()
             except httpx.TransportError as exc:
-                wait = self._outcome_error(rc, attempt, started, company, exc, url_path)
+                wait = self._outcome_error(rc, attempt, started, exc, url_path)
             else:
-                wait = self._outcome_response(rc, attempt, started, company, response, documented)
+                wait = self._outcome_response(rc, attempt, started, response, documented)
                 if wait is None:
                     return response
             attempt += 1
-            self.stats["retries"] += 1
+            self._count("retries")
             await self._async_sleep(wait)

@@ -140,13 +140,17 @@ class CodatCommerce:
         retry_config: RetryConfig | None = None,
         timeout_ms: int | None = 60_000,
         max_concurrency: int = CODAT_MAX_CONCURRENCY,
+        max_requests: int | None = None,
         sleep: Any = None,
         async_sleep: Any = None,
         clock: Any = None,
         transport: httpx.BaseTransport | None = None,
         async_transport: httpx.AsyncBaseTransport | None = None,
     ):
-        """``sleep``/``async_sleep``/``clock`` and ``transport`` are hooks for tests and tools."""
+        """``max_concurrency``: requests in flight per company (Codat allows 10);
+        ``max_requests``: across all companies (None: no overall cap).
+        ``sleep``/``async_sleep``/``clock`` and ``transport`` are hooks for tests and tools.
+        """
         header = _auth_from(auth_header, api_key)
         url = DEFAULT_SERVER_URL if server_url is None else server_url
         try:
@@ -169,6 +173,10 @@ class CodatCommerce:
                 f"(Codat allows {CODAT_MAX_CONCURRENCY} concurrent requests per company), "
                 f"got {max_concurrency!r}"
             )
+        if max_requests is not None and (
+            isinstance(max_requests, bool) or not isinstance(max_requests, int) or max_requests < 1
+        ):
+            raise ValueError(f"max_requests must be an integer >= 1 or None, got {max_requests!r}")
         if retry_config is not None and not isinstance(retry_config, RetryConfig):
             raise ValueError(
                 f"retry_config must be a RetryConfig, got {type(retry_config).__name__}"
@@ -179,6 +187,7 @@ class CodatCommerce:
             timeout_ms=timeout_ms,
             retry_config=retry_config or DEFAULT_RETRY_CONFIG,
             max_concurrency=max_concurrency,
+            max_requests=max_requests,
             sleep=sleep,
             async_sleep=async_sleep,
             clock=clock,
@@ -198,6 +207,15 @@ class CodatCommerce:
     @property
     def max_concurrency(self) -> int:
         return self._transport.max_concurrency
+
+    @property
+    def max_requests(self) -> int | None:
+        return self._transport.max_requests
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Requests sent, retries, 429s seen and the most requests in flight at once."""
+        return dict(self._transport.stats)
 
     @property
     def retry_config(self) -> RetryConfig:
