@@ -232,6 +232,7 @@ def _cmd_sandbox(args: argparse.Namespace) -> int:
         customers=args.customers,
         latency_ms=args.latency_ms,
         fault_rate=args.fault_rate,
+        companies=args.companies,
     )
     return EXIT_OK
 
@@ -307,9 +308,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=_non_negative_int, default=8000)
     p.add_argument("--seed", type=_non_negative_int, default=1)
-    p.add_argument("--customers", type=_positive_int, default=None)
-    p.add_argument("--latency-ms", type=_non_negative_int, default=0)
-    p.add_argument("--fault-rate", type=_rate, default=0.0)
+    p.add_argument("--customers", type=_positive_int, default=None,
+                   help="customers per commerce connection (default: 120-479 each)")  # fmt: skip
+    p.add_argument("--latency-ms", type=_non_negative_int, default=0,
+                   help="added to every request")  # fmt: skip
+    p.add_argument("--fault-rate", type=_rate, default=0.0,
+                   help="share of data requests that fail (5xx, 429, drops)")  # fmt: skip
+    p.add_argument("--companies", type=_positive_int, default=None,
+                   help="number of companies (default 6)")  # fmt: skip
     p.set_defaults(func=_cmd_sandbox)
     return parser
 

@@ -134,3 +134,43 @@ def test_console_script_is_installed():
     script = Path(sys.executable).parent / "codat-frames"
     proc = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout.startswith("codat-frames ")
+
+
+def test_sandbox_command_serves_the_seed_examples_until_interrupted():
+    """`codat-frames sandbox --port N` in the foreground; the seed's list example reads it."""
+    import signal
+    import socket
+
+    import codat_frames as cf
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "codat_frames", "sandbox", "--port", str(port), "--customers", "30"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        lines = []
+        while not any("Press Ctrl-C" in line for line in lines):
+            line = proc.stdout.readline()
+            assert line, proc.stderr.read()
+            lines.append(line)
+        key = next(x.split("CODAT_API_KEY=", 1)[1].strip() for x in lines if "CODAT_API_KEY=" in x)
+        company_id, connection_id = next(
+            x.split()[:2] for x in lines if x.startswith("  ") and "export" not in x
+        )
+        s = cf.CodatCommerce(api_key=key, server_url=f"http://127.0.0.1:{port}")
+        res = s.customers.list(request={
+            "company_id": company_id,
+            "connection_id": connection_id,
+            "order_by": "-modifiedDate",
+            "page": 1,
+            "page_size": 100,
+        })  # fmt: skip
+        assert res.total_results == 30 == len(res.results)
+        s.close()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=20)
+    assert proc.returncode in (0, 130) and "Stopping sandbox" in out

@@ -730,7 +730,11 @@ def serve(
         sb.stop()
 
 
-def serve_forever(*, print_fn: Callable[[str], Any] = print,
+def _print(text: str) -> None:
+    print(text, flush=True)  # flushed: whoever reads a piped stdout needs the URL now
+
+
+def serve_forever(*, print_fn: Callable[[str], Any] = _print,
                   stop_event: threading.Event | None = None, **kwargs: Any) -> None:
     """Serve in the foreground until Ctrl-C (or ``stop_event`` is set); prints URL and key."""
     sb = Sandbox(**kwargs).start()
