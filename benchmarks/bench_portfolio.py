@@ -96,9 +96,11 @@ def main(argv=None) -> int:
     try:
         with tempfile.TemporaryDirectory() as tmp, CodatCommerce(api_key=key, server_url=url) as s:
             tmp = Path(tmp)
-            t = time.perf_counter()
+            t, before = time.perf_counter(), s.stats
             n = loop(s, tmp / "loop", args.page_size)
-            results.append(("loop (one connection at a time)", time.perf_counter() - t, n))
+            after = s.stats
+            used = {k: after[k] - before[k] for k in ("requests", "retries", "throttled")}
+            results.append(("loop (one connection at a time)", time.perf_counter() - t, n, used))
 
             t = time.perf_counter()
             summary = read_portfolio(
@@ -107,7 +109,7 @@ def main(argv=None) -> int:
             )  # fmt: skip
             ok = int((summary.status == "ok").sum())
             label = f"read_portfolio threads (workers={args.workers})"
-            results.append((label, time.perf_counter() - t, ok))
+            results.append((label, time.perf_counter() - t, ok, summary.attrs["run"]))
 
             if not args.no_dask:
                 try:
@@ -133,7 +135,7 @@ def main(argv=None) -> int:
                         )  # fmt: skip
                         ok = int((summary.status == "ok").sum())
                         label = f"read_portfolio Dask LocalCluster (workers={args.workers})"
-                        results.append((label, time.perf_counter() - t, ok))
+                        results.append((label, time.perf_counter() - t, ok, summary.attrs["run"]))
 
             reference = read_parquet(tmp / "loop")
             rows = len(reference.customers)
@@ -153,10 +155,13 @@ def main(argv=None) -> int:
         f"{rows:,} customers in total\n"
     )
     w = max(len(r[0]) for r in results)
-    print(f"| {'mode':<{w}} | connections | seconds | speed-up |")
-    print(f"| {'-' * w} | ----------: | ------: | -------: |")
-    for name, secs, n in results:
-        print(f"| {name:<{w}} | {n:>11} | {secs:>7.2f} | {base / secs:>7.1f}x |")
+    print(f"| {'mode':<{w}} | connections | seconds | speed-up | requests | retries | 429s |")
+    print(f"| {'-' * w} | ----------: | ------: | -------: | -------: | ------: | ---: |")
+    for name, secs, n, c in results:
+        print(
+            f"| {name:<{w}} | {n:>11} | {secs:>7.2f} | {base / secs:>7.1f}x "
+            f"| {c['requests']:>8,} | {c['retries']:>7} | {c['throttled']:>4} |"
+        )
     return 0
 
 

@@ -15,11 +15,9 @@ passes is returned (deduplicated by id, later ``modifiedDate`` kept) with a warn
 from __future__ import annotations
 
 import math
-import sys
 import time
 import warnings
 import zoneinfo
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -30,13 +28,12 @@ import pyarrow.compute as pc
 
 from codat_frames import frames as _frames
 from codat_frames import models
+from codat_frames._progress import Progress, ProgressCallback
 
 __all__ = ["read_customers", "DataChangedWarning", "DEFAULT_PAGE_SIZE"]
 
 #: The largest page the API's response schema allows (``pageSize`` maximum 2000).
 DEFAULT_PAGE_SIZE = 2000
-
-ProgressCallback = Callable[[int, int, int], None]
 
 
 class DataChangedWarning(_frames.DataQualityWarning):
@@ -75,55 +72,6 @@ class _Pass:
             if distinct != rows:
                 out.append(f"{rows - distinct} id(s) seen twice (rows shifted between pages)")
         return out
-
-
-class _Progress:
-    """A tqdm bar (tqdm.auto: a widget in notebooks) and/or a user callback."""
-
-    def __init__(self, progress: bool | ProgressCallback | None, desc: str):
-        self.callback = progress if callable(progress) else None
-        self.show = _default_progress() if progress is None else progress is True
-        self.desc = desc
-        self.bar = None
-        self.done = 0
-        self.total = 0
-        self.records = 0
-
-    def set_total(self, total: int) -> None:
-        """Pages expected so far (a repair pass adds its pages)."""
-        self.total = total
-        if not self.show:
-            return
-        if self.bar is None:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, desc=self.desc, unit="page", leave=True)
-        else:
-            self.bar.total = total
-            self.bar.refresh()
-
-    def advance(self, records: int) -> None:
-        self.done += 1
-        self.records += records
-        if self.bar is not None:
-            self.bar.set_postfix_str(f"{self.records:,} customers", refresh=False)
-            self.bar.update(1)
-        if self.callback is not None:
-            self.callback(self.done, self.total, self.records)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def _default_progress() -> bool:
-    """On in a notebook or an interactive terminal, off otherwise (CI, pipes, tests)."""
-    if "ipykernel" in sys.modules:
-        return True
-    try:
-        return sys.stderr.isatty()
-    except (AttributeError, ValueError):
-        return False
 
 
 def _with_page(err: models.CodatError, page: int, n_pages: int) -> models.CodatError:
@@ -171,7 +119,7 @@ def read_customers(
 
     fetched_at = datetime.now(UTC).isoformat().replace("+00:00", "Z")
     started = time.monotonic()
-    bar = _Progress(progress, desc="customers")
+    bar = Progress(progress, desc="customers", unit="page", noun="customers")
     passes: list[_Pass] = []
     pool = ThreadPoolExecutor(max_workers=s.max_concurrency, thread_name_prefix="codat-page")
     ok = False
@@ -229,12 +177,13 @@ def _fetch(s: Any, base: models.ListCustomersRequest, page: int, n_pages: int):
         ) from None
 
 
-def _read_pass(s: Any, base: models.ListCustomersRequest, pool: ThreadPoolExecutor, bar) -> _Pass:
+def _read_pass(
+    s: Any, base: models.ListCustomersRequest, pool: ThreadPoolExecutor, bar: Progress
+) -> _Pass:
     first = _fetch(s, base, 1, 0)
     if first.total_results is None or first.total_results < 0:
         raise models.SDKError(
-            f"page 1 is not a customers page: totalResults is {first.total_results!r}, "
-            "not a count",
+            f"page 1 is not a customers page: totalResults is {first.total_results!r}, not a count",
             200,
             "",
         )
@@ -243,7 +192,7 @@ def _read_pass(s: Any, base: models.ListCustomersRequest, pool: ThreadPoolExecut
     p.pages[1] = first.table
     p.totals_seen.add(first.total_results)
     bar.set_total(bar.done + max(p.n_pages, 1))
-    bar.advance(first.table.num_rows)
+    bar.advance(count=first.table.num_rows)
     if size != base.page_size:
         # The server clamped the page size: ask for what it serves so offsets line up.
         base = replace(base, page_size=size)
@@ -253,7 +202,7 @@ def _read_pass(s: Any, base: models.ListCustomersRequest, pool: ThreadPoolExecut
             page = fut.result()
             p.pages[futures[fut]] = page.table
             p.totals_seen.add(page.total_results)
-            bar.advance(page.table.num_rows)
+            bar.advance(count=page.table.num_rows)
     finally:
         for fut in futures:
             fut.cancel()

@@ -30,24 +30,30 @@ What it does
 Return value: with ``path``, the summary ``DataFrame``; without ``path``, a
 :class:`PortfolioResult` (``.summary`` and ``.frames``, the concatenated ``CustomerFrames`` of
 every connection read, in listing order; ``frames, summary = result`` also works).
-``summary.attrs["run"]`` holds run_id, wall seconds and the request counters of this process.
+``summary.attrs["run"]`` holds run_id, wall seconds and the request counters of the run
+(``requests``, ``retries``, ``throttled``: from ``s.stats`` and, for remote tasks, from each
+worker client's ``stats`` between its first task's start and last task's end, so concurrent
+use of the same worker client by something else would be counted too; ``max_in_flight``: the
+highest in-flight count of any one client, a high-water mark since that client was made).
 
-Rate budget
+Rate limits
 ===========
-Codat allows 10 concurrent requests per company and answers 429 + ``Retry-After`` beyond.
+Codat allows 10 concurrent requests per company and answers 429 + ``Retry-After`` beyond. The
+client's transport enforces that (see :class:`codat_frames.commerce.CodatCommerce`); this module
+only keeps the work shaped so the transport's limits hold everywhere.
 
-* *Per company*: a company is one task, and a task reads one connection at a time with at most
-  ``s.max_concurrency`` (<= 10) pages in flight; the client's transport also caps in-flight
-  requests per company in its process. Since a company never runs in two tasks, the cap holds
-  across a whole Dask cluster.
+* *Per company*: a company is one task, and a task reads one connection at a time; the
+  transport caps in-flight requests per company at ``s.max_concurrency`` (<= 10) in its
+  process. Since a company never runs in two tasks (and its connections are listed before its
+  task starts), the cap holds across a whole Dask cluster.
 * *Overall*: at most ``workers`` tasks run at once (the driver submits no more), so at most
-  ``workers * max_concurrency`` requests are in flight cluster-wide; in each process a
-  :class:`RequestBudget` caps them at ``max_requests`` (default 64) too.
-* *Retry-After*: every request goes through the process's :class:`RequestBudget`, which does
-  the retrying (the client's ``retry_config``: backoff, 408/429/5XX, connection errors). A 429
-  pauses **every** request of the process (all companies) for its ``Retry-After`` (or the
-  backoff interval when absent), so one throttled answer never becomes a storm of them. On a
-  cluster each worker process has its own budget: at most one 429 per process per window.
+  ``workers * max_concurrency`` customer requests are in flight cluster-wide, plus the
+  connection listings (at most 16 threads, on the driver). ``CodatCommerce(max_requests=N)``
+  caps in-flight requests per process as well; remote workers get the same cap.
+* *Retries and Retry-After*: the transport retries as ``s.retry_config`` says (backoff,
+  408/429/5XX, connection errors), and a 429 pauses **every** request of that client (all
+  companies) for its ``Retry-After``, so one throttled answer never becomes a storm of them.
+  On a cluster each worker process has its own client: at most one 429 per process per window.
 
 Executors and Dask
 ==================
@@ -56,9 +62,9 @@ Executors and Dask
 other (``ProcessPoolExecutor``, ``dask.distributed.Client.get_executor()``, or a
 ``dask.distributed.Client``, whose executor is used) runs tasks elsewhere, and
 ``CodatCommerce`` cannot be pickled (it holds the key). Those tasks get a :class:`WorkerConfig`
-instead (server URL, retry config, concurrency: **never the key**) and build one client per
-worker process, reading the key *on the worker* from ``CODAT_API_KEY`` or from
-``key_provider()`` (a picklable callable, e.g. one reading a secrets manager). Tasks write
+instead (server URL, retry config, max_concurrency, max_requests: **never the key**) and
+build one client per worker process, reading the key *on the worker* from ``CODAT_API_KEY``
+or from ``key_provider()`` (a picklable callable, e.g. one reading a secrets manager). Tasks write
 their own partitions, so ``path`` must be a folder all workers share (local disk for a
 LocalCluster; a shared file system with working ``flock`` otherwise). The dataset is the same
 as a local run's: the same connections, rows and files (only timestamps differ).
@@ -80,7 +86,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
+import socket
 import threading
 import time
 import uuid
@@ -89,24 +95,21 @@ from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExec
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pandas as pd
 
 from codat_frames import models
 from codat_frames._http import CODAT_MAX_CONCURRENCY, DEFAULT_RETRY_CONFIG, RetryConfig
-from codat_frames._http import retry_after_seconds as _retry_after_seconds
+from codat_frames._progress import Progress
 
 __all__ = [
     "SUMMARY_COLUMNS",
     "PortfolioConfigError",
     "PortfolioResult",
-    "RequestBudget",
     "WorkerConfig",
     "read_portfolio",
 ]
-
-T = TypeVar("T")
 
 #: Columns of the summary frame, in order.
 SUMMARY_COLUMNS = (
@@ -125,161 +128,12 @@ SUMMARY_COLUMNS = (
 STATUSES = ("ok", "fresh", "skipped", "failed")
 
 DEFAULT_WORKERS = 8
-DEFAULT_MAX_REQUESTS = 64
 RUN_FILE = "portfolio.json"
-_NO_RETRY = RetryConfig("none")
 _LIST_PAGE_SIZE = 500
 
 
 class PortfolioConfigError(RuntimeError):
     """A worker cannot run at all (no API key there, codat_frames missing...): the run stops."""
-
-
-# ------------------------------------------------------------------------------ rate budget
-
-
-def _retryable(err: models.CodatError, rc: RetryConfig) -> bool:
-    code = getattr(err, "status_code", None)
-    if code == -1:  # connection error or timeout (SDKError from the transport)
-        return rc.retry_connection_errors
-    return isinstance(code, int) and (code in (408, 429) or 500 <= code <= 599)
-
-
-class RequestBudget:
-    """The requests of one process: an overall cap, retries, and a process-wide 429 pause.
-
-    :meth:`call` runs ``fn(retries)`` (a client call made with ``RetryConfig("none")``) under
-    a semaphore of ``max_requests`` slots, after any pause in force. Retryable failures are
-    retried as ``rc`` says (backoff, ``max_elapsed_time``). A 429 pauses *every* caller for
-    ``Retry-After`` seconds (or the backoff interval), capped at ``rc``'s ``max_interval``.
-    """
-
-    def __init__(
-        self,
-        max_requests: int = DEFAULT_MAX_REQUESTS,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
-    ):
-        if isinstance(max_requests, bool) or not isinstance(max_requests, int) or max_requests < 1:
-            raise ValueError(f"max_requests must be an integer >= 1, got {max_requests!r}")
-        self.max_requests = max_requests
-        self._sem = threading.BoundedSemaphore(max_requests)
-        self._lock = threading.Lock()
-        self._clock = clock
-        self._sleep = sleep
-        self._pause_until = 0.0
-        self._in_flight = 0
-        self.stats = {"requests": 0, "retries": 0, "throttled": 0, "max_in_flight": 0}
-
-    def pause(self, seconds: float) -> None:
-        """Hold every request of this budget for ``seconds`` from now (never shortens)."""
-        with self._lock:
-            until = self._clock() + max(0.0, seconds)
-            self._pause_until = max(self._pause_until, until)
-
-    def pause_left(self) -> float:
-        with self._lock:
-            return max(0.0, self._pause_until - self._clock())
-
-    def _wait_pause(self) -> None:
-        while (left := self.pause_left()) > 0:
-            self._sleep(left)
-
-    def call(self, fn: Callable[[RetryConfig], T], rc: RetryConfig | None = None) -> T:
-        rc = DEFAULT_RETRY_CONFIG if rc is None else rc
-        started, attempt = self._clock(), 0
-        while True:
-            self._wait_pause()
-            with self._sem:
-                self._wait_pause()  # a 429 may have come in while this call was queued
-                with self._lock:
-                    self._in_flight += 1
-                    self.stats["requests"] += 1
-                    self.stats["max_in_flight"] = max(self.stats["max_in_flight"], self._in_flight)
-                try:
-                    return fn(_NO_RETRY)
-                except models.CodatError as e:
-                    err = e
-                finally:
-                    with self._lock:
-                        self._in_flight -= 1
-            delay = self._retry_delay(err, rc, attempt, started)
-            if delay is None:
-                raise err
-            attempt += 1
-            with self._lock:
-                self.stats["retries"] += 1
-            self._sleep(delay)
-
-    def _retry_delay(
-        self, err: models.CodatError, rc: RetryConfig, attempt: int, started: float
-    ) -> float | None:
-        throttled = getattr(err, "status_code", None) == 429
-        if throttled:
-            with self._lock:
-                self.stats["throttled"] += 1
-        if rc.strategy != "backoff" or rc.backoff is None or not _retryable(err, rc):
-            return None
-        b = rc.backoff
-        elapsed_ms = (self._clock() - started) * 1000
-        if elapsed_ms > b.max_elapsed_time:
-            return None
-        delay = b.initial_interval / 1000 * b.exponent**attempt + random.uniform(0, 0.25)
-        response = getattr(err, "raw_response", None)
-        ra = _retry_after_seconds(response) if response is not None else None
-        if ra is not None:
-            delay = ra
-        delay = min(delay, b.max_interval / 1000)
-        if elapsed_ms + delay * 1000 > b.max_elapsed_time:
-            return None
-        if throttled:
-            self.pause(delay)
-        return delay
-
-
-class _BudgetedCustomers:
-    def __init__(self, inner: Any, budget: RequestBudget, rc: RetryConfig):
-        self._inner, self._budget, self._rc = inner, budget, rc
-
-    def list_raw(self, request: Any, retries: RetryConfig | None = None):
-        return self._budget.call(
-            lambda r: self._inner.list_raw(request, r), self._rc if retries is None else retries
-        )
-
-
-class _BudgetedClient:
-    """What ``read_customers`` sees: the real client, every request through the budget."""
-
-    def __init__(self, s: Any, budget: RequestBudget):
-        self.s = s
-        self.budget = budget
-        self.retry_config = getattr(s, "retry_config", None) or DEFAULT_RETRY_CONFIG
-        self.max_concurrency = int(getattr(s, "max_concurrency", CODAT_MAX_CONCURRENCY))
-        self.customers = _BudgetedCustomers(s.customers, budget, self.retry_config)
-
-    def companies_page(self, page: int, query: str | None = None) -> models.Companies:
-        req = {"page": page, "page_size": _LIST_PAGE_SIZE, "query": query}
-        return self.budget.call(
-            lambda r: self.s.companies.list(request=req, retries=r), self.retry_config
-        )
-
-    def connections_page(self, company_id: str, page: int) -> models.Connections:
-        req = {"company_id": company_id, "page": page, "page_size": _LIST_PAGE_SIZE}
-        return self.budget.call(
-            lambda r: self.s.connections.list(request=req, retries=r), self.retry_config
-        )
-
-
-def _all_pages(fetch: Callable[[int], Any]) -> Iterator[Any]:
-    page = 1
-    while True:
-        res = fetch(page)
-        yield from res.results
-        size = res.page_size or len(res.results)
-        if not res.results or size <= 0 or page * size >= (res.total_results or 0):
-            return
-        page += 1
 
 
 # ------------------------------------------------------------------------------ worker side
@@ -296,7 +150,7 @@ class WorkerConfig:
     server_url: str
     max_concurrency: int = CODAT_MAX_CONCURRENCY
     retry_config: RetryConfig = DEFAULT_RETRY_CONFIG
-    max_requests: int = DEFAULT_MAX_REQUESTS
+    max_requests: int | None = None
     timeout_ms: int | None = 60_000
     key_provider: Callable[[], str] | None = None
     key_env: str = "CODAT_API_KEY"
@@ -315,8 +169,8 @@ class WorkerConfig:
             )
         return key
 
-    def client(self) -> _BudgetedClient:
-        """This process's client for the config (one per process and key, cached)."""
+    def client(self) -> Any:
+        """This process's ``CodatCommerce`` for the config (one per process and key, cached)."""
         key = self.api_key()
         cache_key = (self, hashlib.sha256(key.encode()).hexdigest())
         with _WORKER_LOCK:
@@ -324,25 +178,19 @@ class WorkerConfig:
             if client is None:
                 from codat_frames.commerce import CodatCommerce
 
-                s = CodatCommerce(
+                client = _WORKER_CLIENTS[cache_key] = CodatCommerce(
                     api_key=key,
                     server_url=self.server_url,
                     retry_config=self.retry_config,
                     timeout_ms=self.timeout_ms,
                     max_concurrency=self.max_concurrency,
+                    max_requests=self.max_requests,
                 )
-                budget = _WORKER_BUDGETS.get((self.server_url, self.max_requests))
-                if budget is None:
-                    budget = _WORKER_BUDGETS[(self.server_url, self.max_requests)] = RequestBudget(
-                        self.max_requests
-                    )
-                client = _WORKER_CLIENTS[cache_key] = _BudgetedClient(s, budget)
             return client
 
 
 _WORKER_LOCK = threading.Lock()
-_WORKER_CLIENTS: dict[tuple, _BudgetedClient] = {}
-_WORKER_BUDGETS: dict[tuple[str, int], RequestBudget] = {}
+_WORKER_CLIENTS: dict[tuple, Any] = {}
 
 
 @dataclass(frozen=True)
@@ -372,12 +220,15 @@ def _row(company: dict, conn: dict, status: str, **values: Any) -> dict[str, Any
 def _fetch_company(source: Any, company: dict, conns: list[dict], opts: _Options):
     """One task: read (and write) a company's connections one after another.
 
-    Runs on the executor (a thread here, or a Dask worker). Returns the summary rows and,
-    when there is no ``path``, the frames. Raises only for a worker that cannot work at all.
+    Runs on the executor (a thread here, or a Dask worker). Returns the summary rows, the
+    frames when there is no ``path``, and for a worker's own client its usage
+    ``(client tag, stats before, stats after)``. Raises only for a worker that cannot work.
     """
     from codat_frames.paging import read_customers
 
-    client = source.client() if isinstance(source, WorkerConfig) else source
+    remote = isinstance(source, WorkerConfig)
+    client = source.client() if remote else source
+    before = client.stats if remote else None
     rows, frames_out = [], []
     for conn in conns:
         started = time.monotonic()
@@ -424,7 +275,8 @@ def _fetch_company(source: Any, company: dict, conns: list[dict], opts: _Options
                 seconds=time.monotonic() - started,
             )
         )
-    return rows, frames_out
+    usage = (f"{socket.gethostname()}/{os.getpid()}/{id(client)}", before, client.stats)
+    return rows, frames_out, usage if remote else None
 
 
 # ------------------------------------------------------------------------------ run state
@@ -664,54 +516,31 @@ def _concat_frames(parts: list) -> Any:
     return _frames.CustomerFrames(customers=customers, addresses=addresses, meta=meta)
 
 
-class _Bar:
-    """Connections fetched: a tqdm bar and/or ``fn(done, total, rows)``; total grows as
-    companies are listed."""
-
-    def __init__(self, progress: Any):
-        from codat_frames.paging import _default_progress
-
-        self.callback = progress if callable(progress) else None
-        show = _default_progress() if progress is None else progress is True
-        self.bar = None
-        if show:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=0, desc="portfolio", unit="conn")
-        self.total, self.done, self.rows = 0, 0, 0
-
-    def add_total(self, n: int) -> None:
-        self.total += n
-        if self.bar is not None:
-            self.bar.total = self.total
-            self.bar.refresh()
-
-    def advance(self, n: int, rows: int) -> None:
-        self.done += n
-        self.rows += rows
-        if self.bar is not None:
-            self.bar.update(n)
-            self.bar.set_postfix(rows=self.rows, refresh=False)
-        if self.callback is not None:
-            self.callback(self.done, self.total, self.rows)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def _list_companies(client: _BudgetedClient, companies: list[dict] | None) -> list[dict]:
+def _list_companies(s: Any, companies: list[dict] | None) -> list[dict]:
     if companies is None:
         companies = [
-            {"id": c.id, "name": c.name} for c in _all_pages(lambda p: client.companies_page(p))
+            {"id": c.id, "name": c.name} for c in s.companies.iter_all(page_size=_LIST_PAGE_SIZE)
         ]
     seen: set[str] = set()
     return [c for c in companies if not (c["id"] in seen or seen.add(c["id"]))]
 
 
-def _list_connections(client: _BudgetedClient, company: dict) -> list[dict]:
-    pages = _all_pages(lambda p: client.connections_page(company["id"], p))
-    return [_conn_dict(c) for c in pages]
+def _list_connections(s: Any, company: dict) -> list[dict]:
+    return [_conn_dict(c) for c in s.connections.iter_all(company["id"], page_size=_LIST_PAGE_SIZE)]
+
+
+_COUNTERS = ("requests", "retries", "throttled")
+
+
+def _run_stats(local_before: dict, local_after: dict, spans: dict[str, tuple[dict, dict]]) -> dict:
+    """The run's request counters: ``s``'s and every worker client's, over the run."""
+    out = {k: local_after[k] - local_before[k] for k in _COUNTERS}
+    peak = local_after["max_in_flight"]
+    for first, last in spans.values():
+        for k in _COUNTERS:
+            out[k] += last[k] - first[k]
+        peak = max(peak, last["max_in_flight"])
+    return {**out, "max_in_flight": peak}
 
 
 def read_portfolio(
@@ -726,7 +555,6 @@ def read_portfolio(
     progress: bool | Callable[[int, int, int], None] | None = None,
     local_tz: str = "UTC",
     page_size: int | None = None,
-    max_requests: int | None = None,
     resume: bool = True,
     key_provider: Callable[[], str] | None = None,
 ) -> pd.DataFrame | PortfolioResult:
@@ -739,8 +567,8 @@ def read_portfolio(
     ``executor``: see "Executors and Dask". ``workers``: company tasks at once (default 8).
     ``max_age``: also treat connections fetched less than this ago as fresh. ``progress``:
     True/False/None (auto) or ``fn(connections_done, connections_total, rows)``.
-    ``page_size``: passed to ``read_customers``. ``max_requests``: cap of in-flight requests
-    per process (default 64). ``resume``: pick up an unfinished run in ``path``.
+    ``page_size``: passed to ``read_customers``. ``resume``: pick up an unfinished run in
+    ``path``.
     ``key_provider``: how remote workers get the key (default: their ``CODAT_API_KEY``).
 
     Returns the summary frame with ``path``, else a :class:`PortfolioResult`. Raises
@@ -748,7 +576,6 @@ def read_portfolio(
     companies fails, :class:`PortfolioConfigError` when workers cannot run.
     """
     _check_positive("workers", workers)
-    _check_positive("max_requests", max_requests)
     _check_positive("page_size", page_size)
     if source_type is not None and not isinstance(source_type, str):
         raise ValueError(f"source_type must be a string or None, got {source_type!r}")
@@ -767,20 +594,18 @@ def read_portfolio(
         if root.exists() and not root.is_dir():
             raise ValueError(f"path {str(root)!r} exists and is not a folder")
     workers = workers or DEFAULT_WORKERS
-    budget = RequestBudget(max_requests or DEFAULT_MAX_REQUESTS)
-    client = _BudgetedClient(s, budget)
     if in_process:
-        source: Any = client
+        source: Any = s
     else:
         source = WorkerConfig(
             server_url=s.server_url,
-            max_concurrency=client.max_concurrency,
-            retry_config=client.retry_config,
-            max_requests=max_requests or DEFAULT_MAX_REQUESTS,
+            max_concurrency=s.max_concurrency,
+            retry_config=s.retry_config,
+            max_requests=s.max_requests,
             key_provider=key_provider,
         )
 
-    started = time.monotonic()
+    started, stats_before = time.monotonic(), s.stats
     run_id, resumed = uuid.uuid4().hex, False
     entries: dict[tuple[str, str], dict] = {}
     if root is not None:
@@ -788,7 +613,7 @@ def read_portfolio(
         run_id, resumed = _start_run(root, resume, source_type)
         entries = _load_manifest_entries(root)
     now = pd.Timestamp.now(tz="UTC")
-    listed = _list_companies(client, wanted)
+    listed = _list_companies(s, wanted)
 
     rows: dict[tuple[str, str | None], dict] = {}
     order: list[tuple[str, str | None]] = []
@@ -831,7 +656,8 @@ def read_portfolio(
         page_size=page_size,
     )
     frames_by_key: dict[tuple[str, str], Any] = {}
-    bar = _Bar(progress)
+    bar = Progress(progress, desc="portfolio", unit="conn", noun="rows")
+    spans: dict[str, tuple[dict, dict]] = {}
     own_pool = pool is None
     if own_pool:
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="codat-portfolio")
@@ -839,7 +665,7 @@ def read_portfolio(
     lister = ThreadPoolExecutor(max(1, min(16, 2 * workers, len(listed))), "codat-list")
     ok = False
     try:
-        listings = [lister.submit(_list_connections, client, c) for c in listed]
+        listings = [lister.submit(_list_connections, s, c) for c in listed]
 
         def jobs() -> Iterator[tuple[dict, list[dict]]]:
             for company, listing in zip(listed, listings, strict=True):
@@ -848,10 +674,17 @@ def read_portfolio(
                     bar.add_total(len(todo))
                     yield company, todo
 
-        for job_rows, job_frames in _run_jobs(pool, source, jobs(), opts, workers, bar):
+        for job_rows, job_frames, usage in _run_jobs(pool, source, jobs(), opts, workers, bar):
             for r in job_rows:
                 rows[(r["company_id"], r["connection_id"])] = r
             frames_by_key.update(job_frames)
+            if usage is not None:
+                tag, first, last = usage
+                if tag in spans:
+                    f0, l0 = spans[tag]
+                    first = {k: min(v, f0[k]) for k, v in first.items()}
+                    last = {k: max(v, l0[k]) for k, v in last.items()}
+                spans[tag] = (first, last)
         ok = True
     finally:
         lister.shutdown(wait=ok, cancel_futures=True)
@@ -869,7 +702,7 @@ def read_portfolio(
         "connections": int(summary["connection_id"].notna().sum()),
         "counts": counts,
         "executor": "threads" if in_process else type(pool).__name__,
-        **{f"budget_{k}": v for k, v in budget.stats.items()},
+        **_run_stats(stats_before, s.stats, spans),
     }
     summary.attrs["run"] = run
     if root is not None:
@@ -885,8 +718,8 @@ def _run_jobs(
     jobs: Iterator[tuple[dict, list[dict]]],
     opts: _Options,
     workers: int,
-    bar: _Bar,
-) -> Iterator[tuple[list[dict], list]]:
+    bar: Progress,
+) -> Iterator[tuple[list[dict], list, Any]]:
     """Submit company tasks, never more than ``workers`` at once; yield results as they end."""
     running: set[Future] = set()
     more = True
@@ -903,9 +736,9 @@ def _run_jobs(
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for fut in done:
                 running.discard(fut)
-                job_rows, job_frames = fut.result()  # PortfolioConfigError etc. end the run
-                bar.advance(len(job_rows), sum(r["rows"] or 0 for r in job_rows))
-                yield job_rows, job_frames
+                job_rows, job_frames, usage = fut.result()  # PortfolioConfigError etc. end the run
+                bar.advance(len(job_rows), count=sum(r["rows"] or 0 for r in job_rows))
+                yield job_rows, job_frames, usage
     finally:
         for fut in running:
             fut.cancel()
