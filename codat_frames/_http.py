@@ -179,6 +179,7 @@ class Transport:
     ):
         self._auth = _Secret(auth_header)
         self.server_url = server_url.rstrip("/")
+        self.timeout_ms = timeout_ms
         self.timeout = httpx.Timeout(timeout_ms / 1000 if timeout_ms else None)
         self.retry_config = retry_config
         self.max_concurrency = max_concurrency

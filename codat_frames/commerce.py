@@ -209,6 +209,10 @@ class CodatCommerce:
         return self._transport.max_concurrency
 
     @property
+    def timeout_ms(self) -> int | None:
+        return self._transport.timeout_ms
+
+    @property
     def max_requests(self) -> int | None:
         return self._transport.max_requests
 

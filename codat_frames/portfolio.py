@@ -602,6 +602,7 @@ def read_portfolio(
             max_concurrency=s.max_concurrency,
             retry_config=s.retry_config,
             max_requests=s.max_requests,
+            timeout_ms=s.timeout_ms,
             key_provider=key_provider,
         )
 

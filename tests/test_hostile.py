@@ -109,25 +109,35 @@ _record = st.one_of(
 )
 
 
-def _page_dict(records):
+# Counts that are not small ints: strings, floats, objects, and numbers up to 2**80.
+_not_small = st.one_of(st.none(), st.booleans(), st.floats(), _nasty_text, _json)
+
+
+def _page_dict(records, *, bounded: bool = False):
+    count = st.integers(-3, 12) | _not_small if bounded else st.integers(-3, 60) | _scalar
     return st.fixed_dictionaries(
         {"results": records},
         optional={
             "pageNumber": st.one_of(st.integers(-3, 3), _scalar),
-            "pageSize": st.one_of(st.integers(-3, 60), _scalar),
-            "totalResults": st.one_of(st.integers(-3, 60), _scalar),
+            "pageSize": count,
+            "totalResults": count,
             "_links": _json,
         },
     )
 
 
 _page = st.one_of(_page_dict(st.lists(_record, max_size=6)), _page_dict(_json), _json)
+# For whole reads: a body is served for every page, so keep the announced page count small
+# (an absurd totalResults has its own test).
+_read_page = st.one_of(
+    _page_dict(st.lists(_record, max_size=6), bounded=True), _page_dict(_json, bounded=True), _json
+)
 
 
 @st.composite
-def _body(draw) -> bytes:
+def _body(draw, pages=_page) -> bytes:
     """A page as JSON bytes, sometimes damaged: truncated, invalid UTF-8, deep nesting, ..."""
-    doc = draw(_page)
+    doc = draw(pages)
     text = json.dumps(doc, ensure_ascii=draw(st.booleans()), separators=(",", ":"),
                       indent=draw(st.sampled_from([None, None, 2])))  # fmt: skip
     raw = text.encode("utf-8", "surrogatepass")  # lone surrogates -> invalid UTF-8 bytes
@@ -303,7 +313,7 @@ _CTYPE = st.sampled_from(["application/json", "application/json; charset=utf-8",
 
 
 @HTTP_SETTINGS
-@given(_body(), _STATUS, _CTYPE)
+@given(_body(_read_page), _STATUS, _CTYPE)
 def test_read_customers_on_hostile_bodies(hostile, client, body, status, ctype):
     hostile.body, hostile.status, hostile.ctype = body, status, ctype
     with only_data_quality_warnings():
@@ -377,6 +387,14 @@ def test_hostile_error_bodies_are_codat_errors(httpx_mock, client, error_body, s
 
 def test_total_results_missing_is_a_codat_error(hostile, client):
     hostile.body = b'{"results":[{"id":"1"}],"pageNumber":1,"pageSize":50}'
+    with pytest.raises(cf.CodatError, match="totalResults"):
+        read_customers(client, COMPANY, CONNECTION, progress=False)
+
+
+@pytest.mark.parametrize("total", [2**80, 10**15, -1, "12", 1.5])
+def test_absurd_total_results_is_refused_quickly(hostile, client, total):
+    hostile.body = json.dumps({"results": [{"id": "1"}], "pageSize": 1,
+                               "totalResults": total}).encode()  # fmt: skip
     with pytest.raises(cf.CodatError, match="totalResults"):
         read_customers(client, COMPANY, CONNECTION, progress=False)
 
