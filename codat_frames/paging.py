@@ -18,7 +18,7 @@ import math
 import time
 import warnings
 import zoneinfo
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -182,11 +182,8 @@ def _read_pass(
 ) -> _Pass:
     first = _fetch(s, base, 1, 0)
     if first.total_results is None or first.total_results < 0:
-        raise models.SDKError(
-            f"page 1 is not a customers page: totalResults is {first.total_results!r}, not a count",
-            200,
-            "",
-        )
+        total = first.total_results
+        raise models.SDKError(f"page 1 is not a customers page: totalResults is {total!r}", 200)
     size = first.page_size if first.page_size and first.page_size > 0 else base.page_size
     p = _Pass(total=first.total_results, page_size=size)
     p.pages[1] = first.table
@@ -196,14 +193,29 @@ def _read_pass(
     if size != base.page_size:
         # The server clamped the page size: ask for what it serves so offsets line up.
         base = replace(base, page_size=size)
-    futures = {pool.submit(_fetch, s, base, n, p.n_pages): n for n in range(2, p.n_pages + 1)}
+    # Submit pages through a small window rather than all at once: a huge (or hostile)
+    # totalResults then costs requests, never a million queued futures.
+    todo = iter(range(2, p.n_pages + 1))
+    pending: dict[Future, int] = {}
+
+    def submit_next() -> None:
+        n = next(todo, None)
+        if n is not None:
+            pending[pool.submit(_fetch, s, base, n, p.n_pages)] = n
+
+    for _ in range(2 * s.max_concurrency):
+        submit_next()
     try:
-        for fut in as_completed(futures):
-            page = fut.result()
-            p.pages[futures[fut]] = page.table
-            p.totals_seen.add(page.total_results)
-            bar.advance(count=page.table.num_rows)
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                n = pending.pop(fut)
+                page = fut.result()
+                p.pages[n] = page.table
+                p.totals_seen.add(page.total_results)
+                bar.advance(count=page.table.num_rows)
+                submit_next()
     finally:
-        for fut in futures:
+        for fut in pending:
             fut.cancel()
     return p
