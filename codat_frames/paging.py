@@ -34,6 +34,9 @@ __all__ = ["read_customers", "DataChangedWarning", "DEFAULT_PAGE_SIZE"]
 
 #: The largest page the API's response schema allows (``pageSize`` maximum 2000).
 DEFAULT_PAGE_SIZE = 2000
+#: A first page announcing more pages than this is refused: a broken or hostile
+#: ``totalResults`` (say 2**80) would otherwise keep a read requesting pages forever.
+MAX_PAGES = 5_000_000
 
 
 class DataChangedWarning(_frames.DataQualityWarning):
@@ -121,7 +124,10 @@ def read_customers(
     started = time.monotonic()
     bar = Progress(progress, desc="customers", unit="page", noun="customers")
     passes: list[_Pass] = []
-    pool = ThreadPoolExecutor(max_workers=s.max_concurrency, thread_name_prefix="codat-page")
+    # Twice as many threads as requests allowed in flight: while some threads turn pages into
+    # Arrow, others already wait on the next requests. The transport's per-company semaphore
+    # keeps requests in flight within max_concurrency.
+    pool = ThreadPoolExecutor(max_workers=2 * s.max_concurrency, thread_name_prefix="codat-page")
     ok = False
     try:
         for _ in range(max_passes):
@@ -190,6 +196,12 @@ def _read_pass(
     p.totals_seen.add(first.total_results)
     bar.set_total(bar.done + max(p.n_pages, 1))
     bar.advance(count=first.table.num_rows)
+    if p.n_pages > MAX_PAGES:
+        raise models.SDKError(
+            f"page 1 is not a plausible customers page: totalResults {p.total} would take "
+            f"{p.n_pages} pages of {size} (a read requests at most {MAX_PAGES})",
+            200,
+        )
     if size != base.page_size:
         # The server clamped the page size: ask for what it serves so offsets line up.
         base = replace(base, page_size=size)
@@ -203,7 +215,7 @@ def _read_pass(
         if n is not None:
             pending[pool.submit(_fetch, s, base, n, p.n_pages)] = n
 
-    for _ in range(2 * s.max_concurrency):
+    for _ in range(3 * s.max_concurrency):
         submit_next()
     try:
         while pending:

@@ -464,6 +464,9 @@ class Sandbox:
             self.stats.requests += 1
             rate = self._rate_headers()
         held: list[str] = []  # company id whose concurrency slot this request holds
+        # Latency: the response leaves no sooner than latency_ms after the request arrived.
+        # The work of building it overlaps that time, as a real server's does with the network.
+        deadline = time.monotonic() + self.latency_ms / 1000.0
         try:
             try:
                 status, headers, body = self._route(h, held)
@@ -474,6 +477,8 @@ class Sandbox:
             except Exception as exc:  # pragma: no cover - a sandbox bug -> visible 500
                 status, headers, body = self._error(
                     h.path, _Reply(500, f"Sandbox error: {type(exc).__name__}: {exc}"))
+            if (left := deadline - time.monotonic()) > 0:
+                time.sleep(left)
         finally:
             if held:
                 with self._lock:
@@ -550,7 +555,6 @@ class Sandbox:
         if not shape_ok:
             raise _Reply(404, f"No resource found at {raw_path}")
         if n == 1:
-            self._sleep(self.latency_ms)
             return self._list(qs, raw_path, self.companies, COMPANIES_DATASET)
         company_id = segs[1]
         self._acquire(company_id, held)
@@ -560,7 +564,6 @@ class Sandbox:
                 faulted = self._apply_fault(kind)
                 if faulted is not None:
                     return faulted
-        self._sleep(self.latency_ms)
         comp = self._by_id.get(company_id)
         if comp is None:
             raise _Reply(404, f"No company was found with ID {company_id}", service="ClientsApi")
