@@ -13,8 +13,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from codat_frames import models
+from codat_frames._http import BackoffStrategy, RetryConfig
 
 EXIT_OK, EXIT_API, EXIT_USAGE = 0, 1, 2
+#: Retries as Codat's SDK, but a request gives up after 2 minutes (not 1 hour): at a terminal,
+#: an unreachable server should be reported, not waited on.
+CLI_RETRY = RetryConfig("backoff", BackoffStrategy(500, 30_000, 1.5, 120_000), True)
 #: Customers per commerce connection in the demo's sandbox: enough to see paging at work.
 DEMO_CUSTOMERS = 20_000
 
@@ -31,7 +35,7 @@ def _client(args: argparse.Namespace):
             "set CODAT_API_KEY to your Codat API key (or run `codat-frames demo`, "
             "which needs no key)"
         )
-    return CodatCommerce(server_url=args.server_url)
+    return CodatCommerce(server_url=args.server_url, retry_config=CLI_RETRY)
 
 
 def _int_at_least(lo: int):

@@ -246,7 +246,9 @@ class CodatCommerce:
         await self.aclose()
 
     def __repr__(self) -> str:
-        return f"CodatCommerce(server_url={self.server_url!r}, auth=<secret>)"
+        transport = getattr(self, "_transport", None)  # None when __init__ refused its input
+        url = transport.server_url if transport is not None else None
+        return f"CodatCommerce(server_url={url!r}, auth=<secret>)"
 
     def __reduce__(self):
         raise TypeError("CodatCommerce holds an API key and cannot be pickled")

@@ -464,7 +464,14 @@ class _Page:
     @classmethod
     def from_json(cls, d: dict[str, Any]):
         """A page of ``cls._item`` records; non-object entries in ``results`` are dropped."""
-        items = [cls._item.from_json(r) for r in d.get("results") or [] if isinstance(r, dict)]
+        results = d.get("results")
+        if results is None:
+            results = []
+        if not isinstance(results, list):
+            raise SDKError(
+                f"API returned a page whose results is a {type(results).__name__}, not a list", 200
+            )
+        items = [cls._item.from_json(r) for r in results if isinstance(r, dict)]
         return cls(results=items, **cls._paging(d))
 
 
@@ -490,7 +497,7 @@ def parse_json_object(response: httpx.Response) -> dict[str, Any]:
     """The response body as a JSON object, or an SDKError saying what came instead."""
     try:
         data = json.loads(response.content)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than Python parses
         raise SDKError(
             "API returned a body that is not JSON",
             response.status_code,

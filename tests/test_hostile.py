@@ -324,19 +324,6 @@ def test_read_customers_on_hostile_bodies(hostile, client, body, status, ctype):
     assert_contract_frames(fr)
 
 
-def _models_known_bug(body: bytes, exc: BaseException) -> bool:
-    """The two shapes ``models`` (not this suite's to fix) lets escape; see the xfail below."""
-    if isinstance(exc, RecursionError):
-        return True
-    if isinstance(exc, TypeError):
-        try:
-            doc = json.loads(body)
-        except ValueError:
-            return False
-        return isinstance(doc, dict) and not isinstance(doc.get("results") or [], list)
-    return False
-
-
 @HTTP_SETTINGS
 @given(_body(), _STATUS, _CTYPE)
 def test_list_and_get_on_hostile_bodies(hostile, client, body, status, ctype):
@@ -354,23 +341,14 @@ def test_list_and_get_on_hostile_bodies(hostile, client, body, status, ctype):
                 out = call()
             except cf.CodatError:
                 continue
-            except (TypeError, RecursionError) as e:
-                if not _models_known_bug(body, e):
-                    raise
-                continue
             assert isinstance(out, models.Customers | models.Customer)
 
 
-@pytest.mark.xfail(strict=True, raises=(TypeError, RecursionError),
-                   reason="models.Customers.from_json / parse_json_object (models.py) let "
-                          "TypeError and RecursionError escape on a 200 body")  # fmt: skip
 @pytest.mark.parametrize("body", [b'{"results": 5}', b'{"results":[],"x":' + b"[" * 100_000 + b"}"])
-def test_list_models_known_escapes(hostile, client, body):
+def test_list_models_refuse_odd_pages_with_a_codat_error(hostile, client, body):
     hostile.body = body
-    try:
+    with pytest.raises(models.SDKError):
         client.customers.list(request={"company_id": COMPANY, "connection_id": CONNECTION})
-    except cf.CodatError:
-        pass
 
 
 @pytest.mark.parametrize("error_body", [
@@ -391,7 +369,7 @@ def test_total_results_missing_is_a_codat_error(hostile, client):
         read_customers(client, COMPANY, CONNECTION, progress=False)
 
 
-@pytest.mark.parametrize("total", [2**80, 10**15, -1, "12", 1.5])
+@pytest.mark.parametrize("total", [2**80, 10**15, -1, "many", 1.5, None])
 def test_absurd_total_results_is_refused_quickly(hostile, client, total):
     hostile.body = json.dumps({"results": [{"id": "1"}], "pageSize": 1,
                                "totalResults": total}).encode()  # fmt: skip
@@ -461,9 +439,7 @@ def test_any_customer_id_round_trips_as_one_segment(customer_id):
     assert raw.startswith("/c/") and "?" not in raw
     segment = raw[3:]
     assert "/" not in segment and segment not in (".", "..")
-    assert unquote(segment, errors="surrogatepass") == customer_id or "\ud800" <= max(
-        customer_id
-    )
+    assert unquote(segment) == customer_id  # st.text() has no lone surrogates
 
 
 _BAD_IDS = ["..", "../" + COMPANY, COMPANY + "/..", COMPANY + "/x", COMPANY + "\n", " " + COMPANY,
