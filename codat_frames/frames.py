@@ -160,18 +160,8 @@ ADDRESS_DTYPES: dict[str, Any] = {
 
 # Raw (API-shaped, camelCase) record schema shared by the fast path, the fallback and
 # records_to_table.
-_RAW_STRING_FIELDS: tuple[str, ...] = (
-    "id",
-    "customerName",
-    "emailAddress",
-    "phone",
-    "defaultCurrency",
-    "note",
-    "createdDate",
-    "modifiedDate",
-    "sourceModifiedDate",
-)
-_RAW_DATE_FIELDS = frozenset({"createdDate", "modifiedDate", "sourceModifiedDate"})
+_RAW_STRING_FIELDS: tuple[str, ...] = tuple(f for f in _CUSTOMER_FIELDS.values() if f)
+_RAW_DATE_FIELDS = frozenset(_CUSTOMER_FIELDS[c] for c in DATE_COLUMNS)
 _RAW_ADDRESS_FIELDS: tuple[str, ...] = tuple(_ADDRESS_FIELDS.values())
 _RAW_ADDRESS_TYPE = pa.struct([pa.field(f, pa.string()) for f in _RAW_ADDRESS_FIELDS])
 _RAW_ADDRESSES_TYPE = pa.list_(_RAW_ADDRESS_TYPE)
@@ -190,23 +180,9 @@ _PAGE_SCHEMA = pa.schema(
 )
 
 _SNAKE_TO_CAMEL = {
-    "id": "id",
-    "customer_name": "customerName",
-    "email_address": "emailAddress",
-    "phone": "phone",
-    "default_currency": "defaultCurrency",
-    "note": "note",
-    "created_date": "createdDate",
-    "modified_date": "modifiedDate",
-    "source_modified_date": "sourceModifiedDate",
+    **{k: v for k, v in _CUSTOMER_FIELDS.items() if v},
     "addresses": "addresses",
-    "type": "type",
-    "line1": "line1",
-    "line2": "line2",
-    "city": "city",
-    "region": "region",
-    "country": "country",
-    "postal_code": "postalCode",
+    **_ADDRESS_FIELDS,
 }
 _CAMEL_TO_SNAKE = {v: k for k, v in _SNAKE_TO_CAMEL.items()}
 
