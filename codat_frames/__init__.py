@@ -10,7 +10,7 @@ from codat_frames._version import __version__
 from codat_frames.commerce import CodatCommerce, CustomersSDK
 from codat_frames.frames import CustomerFrames, DataQualityWarning, normalize_customers
 from codat_frames.models import CodatError
-from codat_frames.paging import DataChangedWarning, read_customers
+from codat_frames.paging import DataChangedWarning, read_customers, read_customers_async
 from codat_frames.parquet import SyncResult, read_parquet, sync_customers, to_parquet
 from codat_frames.portfolio import PortfolioResult, read_portfolio
 
@@ -29,6 +29,7 @@ __all__ = [
     "models",
     "normalize_customers",
     "read_customers",
+    "read_customers_async",
     "read_parquet",
     "read_portfolio",
     "sandbox",

@@ -242,3 +242,27 @@ def test_no_warning_on_clean_read(httpx_mock, client):
         warnings.simplefilter("error")
         frames = read_customers(client, COMPANY, CONNECTION, page_size=5, progress=False)
     assert len(frames.customers) == 12
+
+
+def test_async_twin_reads_the_same_and_leaves_the_loop_free(httpx_mock, client):
+    import asyncio
+
+    fake = serve(httpx_mock, FakeCodat(60, delay=0.01))
+    ticks = []
+
+    async def main():
+        async def ticker():
+            while True:
+                ticks.append(time.monotonic())
+                await asyncio.sleep(0.005)
+
+        t = asyncio.create_task(ticker())
+        frames = await cf.read_customers_async(client, COMPANY, CONNECTION, page_size=10,
+                                               progress=False)  # fmt: skip
+        t.cancel()
+        return frames
+
+    frames = asyncio.run(main())
+    assert list(frames.customers["id"]) == [f"c{i:05d}" for i in range(60)]
+    assert len(fake.pages_served) == 6
+    assert len(ticks) >= 3  # the loop kept running while pages were read
