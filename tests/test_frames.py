@@ -6,7 +6,7 @@ import json
 import sys
 import types
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -388,32 +388,10 @@ def test_null_ids_are_not_merged():
 # ---------------------------------------------------------------------------- inputs
 
 
-@dataclass
-class Address:
-    type: str | None = None
-    line1: str | None = None
-    line2: str | None = None
-    city: str | None = None
-    region: str | None = None
-    country: str | None = None
-    postal_code: str | None = None
+from codat_frames.models import Address, Customer  # noqa: E402
 
 
-@dataclass
-class Customer:
-    id: str
-    customer_name: str | None = None
-    email_address: str | None = None
-    phone: str | None = None
-    default_currency: str | None = None
-    addresses: list[Address] | None = field(default_factory=list)
-    note: str | None = None
-    created_date: str | None = None
-    modified_date: str | None = None
-    source_modified_date: str | None = None
-
-
-def test_models_like_dataclasses_equal_dicts():
+def test_models_customers_equal_dicts():
     objs = [
         Customer(id="1", customer_name="Amy", phone="", addresses=[
             Address(type="billing", line1="x", postal_code="PS13HJ"), Address()],
