@@ -324,7 +324,7 @@ class Company:
 
 
 #: Generated records kept per connection (about 1 KB each).
-RECORD_CACHE_SIZE = 50_000
+RECORD_CACHE_SIZE = 20_000
 
 
 class CustomerStore:
