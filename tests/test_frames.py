@@ -39,15 +39,16 @@ INLINE_PAGES = {
 
 
 def _openapi_pages() -> dict[str, dict]:
-    root = Path(__file__).resolve().parents[2] / "shared" / "codat-api"
-    spec = root / "commerce-customers.openapi.json"
+    """Every example page of Codat's spec (copied into tests/specs), plus the inline ones."""
+    spec = Path(__file__).resolve().parent / "specs" / "commerce-customers.openapi.json"
     pages = {f"inline:{k}": v for k, v in INLINE_PAGES.items()}
-    if spec.exists():
-        doc = json.loads(spec.read_text())
-        path = "/companies/{companyId}/connections/{connectionId}/data/commerce-customers"
-        examples = doc["paths"][path]["get"]["responses"]["200"]["content"][
-            "application/json"]["examples"]
-        pages.update({f"spec:{k}": v["value"] for k, v in examples.items()})
+    doc = json.loads(spec.read_text())
+    path = "/companies/{companyId}/connections/{connectionId}/data/commerce-customers"
+    examples = doc["paths"][path]["get"]["responses"]["200"]["content"]["application/json"][
+        "examples"
+    ]
+    pages.update({f"spec:{k}": v["value"] for k, v in examples.items()})
+    assert len(pages) >= 12, "the spec's ten example pages are missing"
     return pages
 
 
