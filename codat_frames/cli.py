@@ -157,6 +157,8 @@ def _cmd_sync(args: argparse.Namespace) -> int:
             local_tz=args.local_tz,
             progress=args.progress,
             full=args.full,
+            query=args.query,
+            order_by=args.order_by,
         )
     print(
         f"fetched {result.fetched:,}  inserted {result.inserted:,}  updated {result.updated:,}  "
@@ -284,9 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
         )
         server(p)
         progress_flags(p)
+        p.add_argument("--query", default=None, help="Codat query, e.g. 'customerName~ltd'")
+        p.add_argument("--order-by", default=None, help="e.g. -modifiedDate")
         if name == "customers":
-            p.add_argument("--query", default=None, help="Codat query, e.g. 'country=GB'")
-            p.add_argument("--order-by", default=None, help="e.g. -modifiedDate")
             p.add_argument("--page-size", type=_positive_int, default=None)
         else:
             p.add_argument("--full", action="store_true", help="re-read everything")

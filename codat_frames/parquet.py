@@ -959,6 +959,8 @@ def sync_customers(
     local_tz: str = "UTC",
     progress: bool | None = None,
     full: bool = False,
+    query: str | None = None,
+    order_by: str | None = None,
 ) -> SyncResult:
     """Bring the stored customers of one connection up to date; return the counts.
 
@@ -974,16 +976,24 @@ def sync_customers(
     Codat's data set altogether - which only a full read shows. ``full=True`` re-reads every
     customer and *replaces* the stored data of the connection (``deleted`` counts the stored ids
     that are gone).
+
+    ``query`` narrows what is kept in sync (an incremental read asks for
+    ``{query} && modifiedDate>=<mark>``); use the same query on every sync of a folder, or
+    ``full=True`` when it changes. ``order_by`` only orders the fetch.
     """
     from codat_frames.paging import read_customers
 
     root = _check_path(path)
     mark = None if full else stored_high_water_mark(root, company_id, connection_id)
     prev = stored_high_water_mark(root, company_id, connection_id) if full else mark
-    query = None if mark is None else _mark_query(mark)
+    if query is not None and (not isinstance(query, str) or not query.strip()):
+        raise ValueError(f"query must be a non-empty string or None, got {query!r}")
+    if mark is not None:
+        query = _mark_query(mark) if query is None else f"{{{query}}} && {_mark_query(mark)}"
     new = read_customers(
-        s, company_id, connection_id, query=query, progress=progress, local_tz=local_tz
-    )
+        s, company_id, connection_id, query=query, order_by=order_by, progress=progress,
+        local_tz=local_tz,
+    )  # fmt: skip
     counts = merge_frames(root, new, company_id, connection_id, replace=mark is None)
     return SyncResult(
         fetched=len(new.customers),

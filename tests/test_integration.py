@@ -170,3 +170,27 @@ def test_sync_after_changes_equals_a_fresh_full_read(make_sandbox, tmp_path):
         fresh = read_customers(s, company_id, connection_id, progress=False)
     fresh.customers = fresh.customers.assign()
     assert_same_frames(stored, fresh, ordered=False)
+
+
+def test_sync_with_a_query_keeps_only_matching_customers_in_sync(make_sandbox, tmp_path):
+    sb = make_sandbox(seed=4, customers=200, companies=1)
+    company_id, connection_id = sb.commerce_connections()[0]
+    wanted = "defaultCurrency=GBP"
+    out = tmp_path / "q"
+
+    def matching() -> set[str]:
+        return {r["id"] for r in sb.customer_records(company_id, connection_id)
+                if (r.get("defaultCurrency") or "").upper() == "GBP"}  # fmt: skip
+
+    with client_for(sb) as s, warnings.catch_warnings():
+        warnings.simplefilter("ignore", cf.DataQualityWarning)
+        first = sync_customers(s, company_id, connection_id, out, query=wanted)
+        assert set(read_parquet(out).customers["id"]) == matching() and first.total > 0
+        gbp = next(iter(matching()))
+        sb.modify(company_id, connection_id, [gbp])
+        second = sync_customers(s, company_id, connection_id, out, query=wanted)
+    assert second.query.startswith("{defaultCurrency=GBP} && modifiedDate>=")
+    assert second.updated == 1 and second.inserted == 0
+    assert set(read_parquet(out).customers["id"]) == matching()
+    with pytest.raises(ValueError, match="query"):
+        sync_customers(s, company_id, connection_id, out, query="  ")
