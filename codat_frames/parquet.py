@@ -978,8 +978,9 @@ def sync_customers(
     that are gone).
 
     ``query`` narrows what is kept in sync (an incremental read asks for
-    ``{query} && modifiedDate>=<mark>``); use the same query on every sync of a folder, or
-    ``full=True`` when it changes. ``order_by`` only orders the fetch.
+    ``{query} && modifiedDate>=<mark>``). An incremental sync with another query than the
+    stored data was read with is refused (ValueError, nothing fetched or written); use
+    ``full=True`` to change it. ``order_by`` only orders the fetch.
     """
     from codat_frames.paging import read_customers
 
@@ -989,6 +990,14 @@ def sync_customers(
     if query is not None and (not isinstance(query, str) or not query.strip()):
         raise ValueError(f"query must be a non-empty string or None, got {query!r}")
     if mark is not None:
+        entries = _select(_load_manifest(root), company_id, connection_id)
+        stored_query = (entries[0].get("meta") or {}).get("query") if entries else None
+        if stored_query != query:
+            raise ValueError(
+                f"query {query!r} differs from the query {stored_query!r} this folder's data "
+                f"of connection {connection_id} was read with; pass the same query, or "
+                "full=True to re-read and replace it"
+            )
         query = _mark_query(mark) if query is None else f"{{{query}}} && {_mark_query(mark)}"
     new = read_customers(
         s, company_id, connection_id, query=query, order_by=order_by, progress=progress,

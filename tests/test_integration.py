@@ -194,3 +194,12 @@ def test_sync_with_a_query_keeps_only_matching_customers_in_sync(make_sandbox, t
     assert set(read_parquet(out).customers["id"]) == matching()
     with pytest.raises(ValueError, match="query"):
         sync_customers(s, company_id, connection_id, out, query="  ")
+    before = sb.stats.requests
+    with pytest.raises(ValueError, match="differs from the query 'defaultCurrency=GBP'"):
+        sync_customers(s, company_id, connection_id, out)  # another query: refused
+    assert sb.stats.requests == before
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", cf.DataQualityWarning)
+        with client_for(sb) as s2:
+            full = sync_customers(s2, company_id, connection_id, out, full=True)
+    assert full.total == sb.customer_count(company_id, connection_id)
