@@ -113,11 +113,14 @@ def main(argv=None) -> int:
 
             if not args.no_dask:
                 try:
+                    import dask
                     from dask.distributed import Client, LocalCluster
                 except ImportError:
                     print("dask not installed: pip install 'codat-frames[dask]'; skipping")
                 else:
                     with (
+                        # in-process workers: Dask's profiler can deadlock CPython (see tests)
+                        dask.config.set({"distributed.worker.profile.enabled": False}),
                         LocalCluster(
                             n_workers=2,
                             threads_per_worker=max(1, args.workers // 2),

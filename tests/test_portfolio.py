@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import dask
 import dask.distributed as distributed
 import pandas as pd
 import pandas.testing as pdt
@@ -78,7 +79,11 @@ def local_run(sb, client, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def dask_client():
+    # In-process workers + Dask's statistical profiler (sys._current_frames every 10 ms, with a
+    # GC callback that does I/O) can deadlock CPython's thread-state lock against a thread
+    # being started; worker processes don't share it. Profiling is off for these tests.
     with (
+        dask.config.set({"distributed.worker.profile.enabled": False}),
         distributed.LocalCluster(
             n_workers=2,
             threads_per_worker=2,
