@@ -130,11 +130,13 @@ def read_customers(
     # keeps requests in flight within max_concurrency.
     pool = ThreadPoolExecutor(max_workers=2 * s.max_concurrency, thread_name_prefix="codat-page")
     ok = False
+    problems: list[str] = []
     try:
         for _ in range(max_passes):
             p = _read_pass(s, base, pool, bar)
             passes.append(p)
-            if not p.problems():
+            problems = p.problems()  # counts every id of the pass: once per pass
+            if not problems:
                 break
         ok = True
     finally:
@@ -143,11 +145,11 @@ def read_customers(
         bar.close()
 
     last = passes[-1]
-    if last.problems():
+    if problems:
         tables = [t for p in passes for t in p.tables()]
         warnings.warn(
             f"customers of connection {connection_id} changed during all {len(passes)} "
-            f"read passes ({'; '.join(last.problems())}); returning the union of every pass, "
+            f"read passes ({'; '.join(problems)}); returning the union of every pass, "
             "deduplicated by id. Records deleted mid-read may be included; run again to "
             "get a clean snapshot.",
             DataChangedWarning,

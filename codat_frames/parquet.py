@@ -762,13 +762,21 @@ def stored_high_water_mark(
     path: str | os.PathLike, company_id: str, connection_id: str
 ) -> pd.Timestamp | None:
     """Largest ``modified_date`` stored for the connection (from the manifest), or None."""
-    root = _check_path(path)
+    return _entry_mark(_stored_entry(_check_path(path), company_id, connection_id))
+
+
+def _stored_entry(root: Path, company_id: str, connection_id: str) -> dict | None:
+    """The manifest entry of one connection, or None when nothing is stored for it."""
     if not root.exists():
         return None
     entries = _select(_load_manifest(root), company_id, connection_id)
-    if not entries or not entries[0].get("high_water_mark"):
+    return entries[0] if entries else None
+
+
+def _entry_mark(entry: dict | None) -> pd.Timestamp | None:
+    if not entry or not entry.get("high_water_mark"):
         return None
-    return pd.Timestamp(entries[0]["high_water_mark"]).as_unit("us")
+    return pd.Timestamp(entry["high_water_mark"]).as_unit("us")
 
 
 # --------------------------------------------------------------------------- upsert
@@ -985,13 +993,13 @@ def sync_customers(
     from codat_frames.paging import read_customers
 
     root = _check_path(path)
-    mark = None if full else stored_high_water_mark(root, company_id, connection_id)
-    prev = stored_high_water_mark(root, company_id, connection_id) if full else mark
     if query is not None and (not isinstance(query, str) or not query.strip()):
         raise ValueError(f"query must be a non-empty string or None, got {query!r}")
+    entry = _stored_entry(root, company_id, connection_id)  # one manifest read for both
+    prev = _entry_mark(entry)
+    mark = None if full else prev
     if mark is not None:
-        entries = _select(_load_manifest(root), company_id, connection_id)
-        stored_query = (entries[0].get("meta") or {}).get("query") if entries else None
+        stored_query = (entry.get("meta") or {}).get("query")
         if stored_query != query:
             raise ValueError(
                 f"query {query!r} differs from the query {stored_query!r} this folder's data "
